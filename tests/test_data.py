@@ -1,0 +1,477 @@
+"""Tests for data.py. Every video is written here with cv2.VideoWriter; facts are read back from the pixels."""
+
+import colorsys
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BITS = 8  # frame numbers up to 255 drawn as black/white blocks
+BLOCK = 12
+
+
+def write_video(path, frames_rgb, fourcc="mp4v", fps=25):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    height, width = frames_rgb[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    assert writer.isOpened()
+    for frame in frames_rgb:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return str(path)
+
+
+def numbered_frame(i, height=48, width=BITS * BLOCK):
+    frame = np.full((height, width, 3), 128, np.uint8)
+    for bit in range(BITS):
+        frame[:BLOCK, bit * BLOCK:(bit + 1) * BLOCK] = 255 if (i >> bit) & 1 else 0
+    return frame
+
+
+def frame_number(frame):
+    return sum(int(frame[2:BLOCK - 2, b * BLOCK + 2:(b + 1) * BLOCK - 2].mean() > 127) << b for b in range(BITS))
+
+
+def numbered_video(path, num_frames, fourcc="mp4v"):
+    return write_video(path, [numbered_frame(i) for i in range(num_frames)], fourcc)
+
+
+def level_video(path, num_frames, height, width):
+    """Green = 8 * frame index everywhere (survives cropping and resizing), red = position along the long side."""
+    long_side = max(height, width)
+    ramp = np.linspace(0, 255, long_side).astype(np.uint8)
+    red = np.broadcast_to(ramp[None, :] if width >= height else ramp[:, None], (height, width))
+    frames = [np.stack([red, np.full((height, width), 8 * i, np.uint8), np.full((height, width), 64, np.uint8)], -1)
+              for i in range(num_frames)]
+    return write_video(path, frames)
+
+
+def frame_levels(view):
+    """(3, T, h, w) tensor in [-1, 1] -> frame indices encoded in green, and mean red (crop position)."""
+    pixels = (view + 1) * 127.5
+    return (pixels[1].mean((1, 2)) / 8).round().long().tolist(), pixels[0].mean().item()
+
+
+def folder_dataset(root, videos_per_class=2, num_frames=12, classes=("b_class", "a_class"), split="train"):
+    for name in classes:
+        for k in range(videos_per_class):
+            numbered_video(os.path.join(root, split, name, f"{k}.mp4"), num_frames)
+    return str(root)
+
+
+# ----------------------------------------------------------------------------- read_frames
+
+
+def test_read_frames_is_frame_accurate_in_any_order_with_repeats(tmp_path):
+    for fourcc, ext in (("mp4v", ".mp4"), ("MJPG", ".avi")):
+        path = numbered_video(tmp_path / f"n{ext}", 40, fourcc)
+        indices = [17, 0, 39, 17, 3, 25, 3]
+        frames = data.read_frames(path, indices)
+        assert frames.shape == (7, 48, BITS * BLOCK, 3) and frames.dtype == np.uint8
+        assert [frame_number(f) for f in frames] == indices
+
+
+def test_read_frames_agrees_with_decoding_every_frame(tmp_path):
+    path = numbered_video(tmp_path / "n.mp4", 30)
+    capture, every_frame = cv2.VideoCapture(path), []
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        every_frame.append(bgr[..., ::-1])
+    indices = [29, 4, 11]
+    assert np.array_equal(data.read_frames(path, indices), np.stack([every_frame[i] for i in indices]))
+
+
+def test_read_frames_returns_rgb(tmp_path):
+    frame = np.zeros((32, 48, 3), np.uint8)
+    frame[:, :16] = (255, 0, 0)
+    frame[:, 16:32] = (0, 255, 0)
+    frame[:, 32:] = (0, 0, 255)
+    path = write_video(tmp_path / "rgb.avi", [frame] * 3, "MJPG")
+    decoded = data.read_frames(path, [1])[0].astype(int)
+    for x, colour in ((8, (255, 0, 0)), (24, (0, 255, 0)), (40, (0, 0, 255))):
+        assert np.abs(decoded[10:22, x - 4:x + 4].mean((0, 1)) - colour).max() < 30
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "file not found"),
+    ("empty", "empty file"),
+    ("text", "not a video"),
+    ("folder", "not a file"),
+    ("truncated_mp4", "not a video"),
+    ("truncated_avi", "truncated"),
+    ("beyond_end", "the video has 10 frames"),
+])
+def test_read_frames_errors_name_the_file_and_the_problem(tmp_path, case, expected):
+    path = str(tmp_path / f"{case}.mp4")
+    if case == "empty":
+        open(path, "wb").close()
+    elif case == "text":
+        with open(path, "w") as f:
+            f.write("this is not a video\n" * 100)
+    elif case == "folder":
+        os.makedirs(path)
+    elif case == "truncated_mp4":  # the index ('moov' atom) is written last: cut it off
+        whole = open(numbered_video(tmp_path / "whole.mp4", 30), "rb").read()
+        open(path, "wb").write(whole[: len(whole) // 2])
+    elif case == "truncated_avi":  # opens, the header says 30 frames, the stream stops halfway
+        path = str(tmp_path / "truncated.avi")
+        whole = open(numbered_video(tmp_path / "whole.avi", 30, "MJPG"), "rb").read()
+        open(path, "wb").write(whole[: len(whole) // 2])
+    elif case == "beyond_end":
+        numbered_video(path, 10)
+    index = 25 if case == "truncated_avi" else 10
+    with pytest.raises(data.VideoError) as error:
+        data.read_frames(path, [0, index])
+    assert path in str(error.value) and expected in str(error.value)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_training_clips_are_strided_and_cover_every_start():
+    torch.manual_seed(0)
+    starts = set()
+    for _ in range(3000):
+        indices = data.train_clip_indices(300, 8, 32)
+        assert list(np.diff(indices)) == [32] * 7
+        starts.add(int(indices[0]))
+    assert starts == set(range(300 - 7 * 32))  # 0 .. 75, every one reachable, nothing past the end
+
+
+def test_short_videos_shrink_the_stride_then_repeat_frames():
+    torch.manual_seed(0)
+    assert list(data.train_clip_indices(50, 8, 32)) == list(range(0, 50, 7))[:8]  # stride 7 = 49 // 7 fits exactly
+    stride_one = data.train_clip_indices(10, 8, 32)
+    assert list(np.diff(stride_one)) == [1] * 7 and stride_one[-1] <= 9
+    stretched = list(data.train_clip_indices(5, 8, 32))
+    assert stretched == sorted(stretched) and set(stretched) == {0, 1, 2, 3, 4}
+    assert list(data.train_clip_indices(1, 8, 32)) == [0] * 8
+    assert (data.multiview_clip_indices(3, 8, 32, 10) <= 2).all()
+
+
+def test_test_clips_are_spread_evenly():
+    indices = data.multiview_clip_indices(300, 8, 32, 10)
+    last_start = 300 - 1 - 7 * 32
+    expected_starts = [round(j * last_start / 9) for j in range(10)]  # from the first to the last possible start
+    assert indices[:, 0].tolist() == expected_starts
+    assert (np.diff(indices, axis=1) == 32).all()
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_training_crop_matches_the_papers_short_side_range():
+    torch.manual_seed(0)
+    implied_short_sides = []
+    for _ in range(2000):
+        y, x, side = data.random_train_box(240, 320, 224)
+        assert 0 <= y <= 240 - side and 0 <= x <= 320 - side
+        implied_short_sides.append(240 * 224 / side)  # short side the frame was resized to
+    assert 242 <= min(implied_short_sides) < 247 and 326 < max(implied_short_sides) <= 332
+
+
+def test_colour_jitter_naive_formulas():
+    rng = np.random.default_rng(0)
+    clip = rng.uniform(0, 1, (2, 4, 4, 3)).astype(np.float32)
+    for r, g, b in clip.reshape(-1, 3)[:8]:
+        grey = 0.299 * r + 0.587 * g + 0.114 * b
+        expected = np.clip([grey + 2.0 * (c - grey) for c in (r, g, b)], 0, 1)
+        assert np.allclose(data.adjust_saturation(np.array([[[[r, g, b]]]], np.float32), 2.0).ravel(), expected, atol=1e-5)
+        h, s, v = colorsys.rgb_to_hsv(r, g, b)
+        expected = colorsys.hsv_to_rgb((h + 0.25) % 1, s, v)
+        assert np.allclose(data.adjust_hue(np.array([[[[r, g, b]]]], np.float32), 0.25).ravel(), expected, atol=1e-3)
+
+
+def test_colour_jitter_probability_and_same_parameters_for_every_frame():
+    torch.manual_seed(0)
+    frame = np.random.default_rng(0).uniform(0.1, 0.9, (1, 6, 6, 3)).astype(np.float32)
+    clip = np.repeat(frame, 4, axis=0)
+    unchanged = 0
+    for _ in range(2000):
+        jittered = data.colour_jitter(clip)
+        assert all(np.allclose(jittered[0], jittered[t], atol=1e-6) for t in range(1, 4))
+        assert jittered.min() >= 0 and jittered.max() <= 1
+        unchanged += np.allclose(jittered, clip, atol=1e-6)
+    assert abs(unchanged / 2000 - 0.9 ** 4) < 0.04  # four jitters, each with p = 0.1
+
+
+def test_horizontal_flip_about_half_the_time(tmp_path):
+    frame = np.zeros((32, 32, 3), np.uint8)
+    frame[:, :16] = (255, 0, 0)  # red left half, blue right half
+    frame[:, 16:] = (0, 0, 255)
+    write_video(tmp_path / "train" / "c" / "v.avi", [frame] * 4, "MJPG")
+    dataset = data.KineticsDataset(tmp_path, num_frames=2, stride=1, size=16)
+    torch.manual_seed(0)
+    flipped = sum(dataset[0][0][0, :, :, 0].mean().item() < 0 for _ in range(300))  # red channel of column 0
+    assert 110 < flipped < 190
+
+
+# ----------------------------------------------------------------------------- dataset items
+
+
+def test_train_and_test_items_shapes_and_range(tmp_path):
+    root = folder_dataset(tmp_path, num_frames=40)
+    train = data.KineticsDataset(root, num_frames=4, stride=8, size=32)
+    video, label = train[0]
+    assert video.shape == (3, 4, 32, 32) and video.dtype == torch.float32 and label in (0, 1)
+    assert video.min() >= -1 and video.max() <= 1 and video.min() < -0.9 and video.max() > 0.9
+    test = data.KineticsDataset(root, "train", train=False, num_frames=4, stride=8, size=32)
+    views, _ = test[0]
+    assert views.shape == (30, 3, 4, 32, 32) and views.dtype == torch.float32
+    assert views.min() >= -1 and views.max() <= 1
+    assert data.KineticsDataset(root, "train", train=False, num_frames=4, size=32, clips=2, crops=1)[0][0].shape == (
+        2, 3, 4, 32, 32)
+
+
+def test_pixels_scale_to_minus_one_one(tmp_path):
+    path = write_video(tmp_path / "val" / "c" / "v.avi", [np.full((32, 32, 3), (255, 0, 128), np.uint8)] * 3, "MJPG")
+    views, _ = data.KineticsDataset(tmp_path, "val", num_frames=2, stride=1, size=16, clips=1, crops=1)[0]
+    expected = torch.tensor([255, 0, 128]) / 127.5 - 1
+    assert torch.allclose(views[0].mean((1, 2, 3)), expected, atol=0.06), path
+
+
+@pytest.mark.parametrize("height, width", [(48, 96), (96, 48)])
+def test_thirty_views_are_ten_clips_times_three_crops(tmp_path, height, width):
+    num_frames, frames_per_clip, stride = 30, 4, 2
+    level_video(tmp_path / "val" / "c" / "v.mp4", num_frames, height, width)
+    views, _ = data.KineticsDataset(tmp_path, "val", num_frames=frames_per_clip, stride=stride, size=24)[0]
+    assert views.shape == (30, 3, frames_per_clip, 24, 24)
+    last_start = num_frames - 1 - stride * (frames_per_clip - 1)
+    for clip in range(10):
+        start = round(clip * last_start / 9)
+        positions = []
+        for crop in range(3):
+            indices, mean_red = frame_levels(views[clip * 3 + crop])
+            assert indices == [start + stride * t for t in range(frames_per_clip)]
+            positions.append(mean_red)
+        # left/top, centre, right/bottom: the ramp along the long side averages to 1/4, 1/2, 3/4 of 255
+        assert np.allclose(positions, [64, 128, 191], atol=8)
+
+
+def test_tiny_videos_never_crash(tmp_path):
+    numbered_video(tmp_path / "train" / "c" / "short.mp4", 3)
+    for train in (True, False):
+        dataset = data.KineticsDataset(tmp_path, num_frames=8, stride=32, size=16, train=train)
+        assert dataset[0][0].shape[-4:] == (3, 8, 16, 16)
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def test_folder_layout_sorted_classes_shared_by_splits(tmp_path):
+    folder_dataset(tmp_path, classes=("walk", "bowl", "dive"))
+    folder_dataset(tmp_path, classes=("dive", "walk"), split="val")  # val lacks a class: indices must not move
+    train = data.KineticsDataset(tmp_path, "train")
+    val = data.KineticsDataset(tmp_path, "val")
+    assert train.classes == val.classes == ["bowl", "dive", "walk"]
+    assert len(train) == 6 and len(val) == 4
+    for dataset in (train, val):
+        for path, label in zip(dataset.videos, dataset.labels):
+            assert os.path.basename(os.path.dirname(path)) == dataset.classes[label]
+
+
+@pytest.mark.parametrize("per_class_folders", [False, True])
+def test_kinetics_csv_layout_and_missing_videos_reported_once(tmp_path, capsys, per_class_folders):
+    rows = [("zumba", "abc", 5, 15), ("air drumming", "x_y-Z", 0, 10), ("zumba", "gone", 1, 11), ("air drumming", "q", 30, 40)]
+    csv_path = tmp_path / "validate.csv"
+    csv_path.write_text("label,youtube_id,time_start,time_end,split\n" +
+                        "".join(f'"{label}",{vid},{start},{end},val\n' for label, vid, start, end in rows))
+    for label, vid, start, end in rows:
+        if vid != "gone":
+            folder = tmp_path / "val" / (label if per_class_folders else "")
+            numbered_video(folder / f"{vid}_{start:06d}_{end:06d}.mp4", 5)
+    dataset = data.KineticsDataset(tmp_path, "val", annotations=csv_path)
+    assert dataset.classes == ["air drumming", "zumba"]
+    names = {os.path.basename(p)[:-4]: label for p, label in zip(dataset.videos, dataset.labels)}
+    assert names == {"abc_000005_000015": 1, "x_y-Z_000000_000010": 0, "q_000030_000040": 0}
+    err = capsys.readouterr().err
+    assert err.count("missing") == 1 and "1 of 4" in err
+
+
+def test_list_file_layout_matches_regardless_of_extension(tmp_path, capsys):
+    numbered_video(tmp_path / "train" / "a" / "one.mp4", 5)
+    numbered_video(tmp_path / "train" / "b" / "two.avi", 5, "MJPG")
+    listing = tmp_path / "train_list.txt"
+    listing.write_text("a/one.mp4 2\nb/two.mp4 0\n\nb/three.mp4 1\n")  # two.avi listed as .mp4; three is missing
+    dataset = data.KineticsDataset(tmp_path, "train", annotations=listing)
+    assert dataset.classes == ["0", "1", "2"]
+    assert [(os.path.basename(p), label) for p, label in zip(dataset.videos, dataset.labels)] == [
+        ("one.mp4", 2), ("two.avi", 0)]
+    assert "1 of 3" in capsys.readouterr().err
+    listing.write_text("a/one.mp4 two\n")
+    with pytest.raises(ValueError, match="line 1"):
+        data.KineticsDataset(tmp_path, "train", annotations=listing)
+
+
+def test_bad_dataset_arguments_raise_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        data.KineticsDataset(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="folder not found"):
+        data.KineticsDataset(tmp_path, "val")
+    with pytest.raises(ValueError, match="num_frames"):
+        data.KineticsDataset(tmp_path, num_frames=0)
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        data.KineticsDataset(tmp_path, annotations=tmp_path / "nope.csv")
+
+
+# ----------------------------------------------------------------------------- broken videos
+
+
+def dataset_with_broken_videos(root):
+    folder_dataset(root, videos_per_class=2, num_frames=8, classes=("a", "b"))
+    (root / "train" / "a" / "not_a_video.mp4").write_text("garbage " * 50)
+    whole = open(numbered_video(root / "whole.mp4", 30), "rb").read()
+    (root / "train" / "b" / "truncated.mp4").write_bytes(whole[: len(whole) // 3])
+    return data.KineticsDataset(root, num_frames=2, stride=2, size=16)
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_broken_videos_skipped_logged_once_and_counted_across_workers(tmp_path, capfd, context):
+    dataset = dataset_with_broken_videos(tmp_path)
+    assert len(dataset) == 6
+    loader = DataLoader(dataset, batch_size=2, num_workers=2, multiprocessing_context=context)
+    for _ in range(2 if context == "fork" else 1):  # new workers in a second epoch must not log or count them again
+        batches = list(loader)
+        assert sum(len(labels) for _, labels in batches) == 6
+        assert all(videos.shape[1:] == (3, 2, 16, 16) for videos, _ in batches)
+    assert dataset.skipped == 2
+    err = capfd.readouterr().err
+    assert err.count("not_a_video.mp4") == 1 and err.count("truncated.mp4") == 1
+
+
+def test_header_overstating_the_length_is_not_a_broken_video(tmp_path):
+    whole = open(numbered_video(tmp_path / "whole.avi", 60, "MJPG"), "rb").read()
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "train" / "a" / "cut.avi").write_bytes(whole[: len(whole) // 2])  # header: 60 frames, ~30 decodable
+    dataset = data.KineticsDataset(tmp_path, train=False, num_frames=2, stride=1, size=16, clips=2, crops=1)
+    views, _ = dataset[0]
+    decodable = len(data.read_frames(tmp_path / "whole.avi", range(60)))  # sanity: the whole file has 60
+    assert decodable == 60 and dataset.skipped == 0
+    capture, count = cv2.VideoCapture(str(tmp_path / "train" / "a" / "cut.avi")), 0
+    while capture.grab():
+        count += 1
+    assert 0 < count < 60
+    # the last test clip ends on the last decodable frame, not on the 60th frame the header promised
+    last_frame = data.read_frames(tmp_path / "train" / "a" / "cut.avi", [count - 1])[0]
+    expected = cv2.resize(last_frame[:, (BITS * BLOCK - 48) // 2:][:, :48], (16, 16), interpolation=cv2.INTER_AREA)
+    assert ((views[1, :, 1].permute(1, 2, 0) + 1) * 127.5 - torch.from_numpy(expected).float()).abs().max() < 2
+
+
+def test_all_broken_raises_instead_of_looping(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    for k in range(3):
+        (tmp_path / "train" / "a" / f"{k}.mp4").write_text("garbage")
+    dataset = data.KineticsDataset(tmp_path)
+    with pytest.raises(RuntimeError, match="broken"):
+        dataset[0]
+    assert dataset.skipped == 3
+
+
+# ----------------------------------------------------------------------------- synthetic dataset
+
+
+def small_synthetic(root, seed=0):
+    return data.make_synthetic(root, train_per_class=3, val_per_class=1, num_frames=12, size=32, seed=seed)
+
+
+def decode_all(path):
+    return data.read_frames(path, range(12))
+
+
+def vertical_centre_of_motion(frames):
+    """Per frame, mean row of the pixels that differ from the per-pixel temporal median (the moving object)."""
+    moving = np.abs(frames.astype(int) - np.median(frames, axis=0)).sum(-1) > 60
+    rows = np.arange(frames.shape[1])[None, :, None]
+    return (moving * rows).sum((1, 2)) / np.maximum(moving.sum((1, 2)), 1)
+
+
+def test_synthetic_layout_determinism_and_reuse(tmp_path):
+    classes = small_synthetic(tmp_path / "a")
+    assert classes == ["down", "up"]
+    for split, count in (("train", 3), ("val", 1)):
+        for name in classes:
+            assert sorted(os.listdir(tmp_path / "a" / split / name)) == [f"{k:04d}.mp4" for k in range(count)]
+    small_synthetic(tmp_path / "b")
+    small_synthetic(tmp_path / "c", seed=1)
+    same = tmp_path / "a" / "train" / "up" / "0002.mp4", tmp_path / "b" / "train" / "up" / "0002.mp4"
+    assert np.array_equal(decode_all(same[0]), decode_all(same[1]))
+    assert not np.array_equal(decode_all(same[0]), decode_all(tmp_path / "c" / "train" / "up" / "0002.mp4"))
+    written = os.path.getmtime(same[0])
+    assert small_synthetic(tmp_path / "a") == classes and os.path.getmtime(same[0]) == written  # reused
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError):
+        small_synthetic(tmp_path / "other")
+    assert (tmp_path / "other" / "keep.txt").read_text() == "user data"
+    assert data.KineticsDataset(tmp_path / "a", "val").classes == classes
+
+
+def test_synthetic_frames_carry_no_label_only_their_order_does(tmp_path):
+    small_synthetic(tmp_path)
+    for k in range(3):
+        down = decode_all(tmp_path / "train" / "down" / f"{k:04d}.mp4")
+        up = decode_all(tmp_path / "train" / "up" / f"{k:04d}.mp4")
+        # the same set of frames, bit for bit: any frame-wise statistic is identical for both classes
+        assert np.array_equal(down, up[::-1])
+        assert sorted(f.tobytes() for f in down) == sorted(f.tobytes() for f in up)
+        # ...while the object moves down in one and up in the other
+        assert np.all(np.diff(vertical_centre_of_motion(down)[[0, 5, 11]]) > 0)
+        assert np.all(np.diff(vertical_centre_of_motion(up)[[0, 5, 11]]) < 0)
+
+
+def test_sampling_is_symmetric_under_time_reversal():
+    """Reversed videos must yield the same frame sets, so sampling cannot leak the synthetic label either."""
+    for video_frames in (12, 32, 300):
+        clips = data.multiview_clip_indices(video_frames, 8, 3, 10)
+        reversed_clips = (video_frames - 1 - clips)[::-1, ::-1]
+        assert np.array_equal(np.sort(clips, axis=None), np.sort(reversed_clips, axis=None))
+        step = data.fitting_stride(video_frames, 8, 3)
+        starts = range(video_frames - step * 7)
+        forward = sorted(tuple(s + step * np.arange(8)) for s in starts)
+        backward = sorted(tuple(sorted(video_frames - 1 - (s + step * np.arange(8)))) for s in starts)
+        assert forward == backward
+
+
+# ----------------------------------------------------------------------------- tools
+
+
+def test_resize_copies_the_layout_with_smaller_videos(tmp_path):
+    source = tmp_path / "src"
+    big = numbered_frame(0, height=120, width=BITS * BLOCK * 2)
+    write_video(source / "train" / "a" / "big.avi", [big] * 6, "MJPG")
+    numbered_video(source / "train" / "b" / "small.mp4", 6)  # 48 px short side: copied as it is
+    (source / "train" / "b" / "broken.mp4").write_text("garbage")
+    (source / "list.txt").write_text("a/big.avi 0\n")
+    failures = data.resize_dataset(source, tmp_path / "dst", short_side=60, workers=1)
+    assert len(failures) == 1 and "broken.mp4" in failures[0]
+    resized = data.read_frames(tmp_path / "dst" / "train" / "a" / "big.mp4", range(6))
+    assert resized.shape == (6, 60, 96, 3)  # 120 x 192 halved
+    assert (tmp_path / "dst" / "train" / "b" / "small.mp4").read_bytes() == (
+        source / "train" / "b" / "small.mp4").read_bytes()
+    assert (tmp_path / "dst" / "list.txt").read_text() == "a/big.avi 0\n"
+    dataset = data.KineticsDataset(tmp_path / "dst", annotations=tmp_path / "dst" / "list.txt")
+    assert [os.path.basename(p) for p in dataset.videos] == ["big.mp4"]
+
+
+def test_benchmark_prints_clips_per_second(tmp_path, capsys):
+    folder_dataset(tmp_path, videos_per_class=1, num_frames=20)
+    data.benchmark(str(tmp_path), "train", workers=0, clips=2, size=16, num_frames=4, stride=4)
+    assert "clips/s" in capsys.readouterr().out
+
+
+def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, "data.py"), "--benchmark", str(tmp_path / "nowhere")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "nowhere" in result.stderr

@@ -1,0 +1,290 @@
+"""Tests for evaluate.py: multi-view scoring, top-k, the 30-view layout, the reports, the cost benchmark."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import data
+import evaluate
+import vit
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_video(path, frames, fps=25):
+    """frames: list of (H, W, 3) uint8 RGB images -> an mp4 file."""
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+def naive_softmax(logits):
+    exps = [math.exp(x) for x in logits]
+    return [e / sum(exps) for e in exps]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+# -----------------------------------------------------------------------------
+# scoring
+
+def test_video_scores_are_softmax_then_mean_over_views():
+    logits = [[[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]],
+              [[1.0, 1.0, 1.0], [-2.0, 0.5, 4.0]]]
+    got = evaluate.video_scores(torch.tensor(logits))
+    for video, views in enumerate(logits):
+        probs = [naive_softmax(view) for view in views]
+        want = [sum(p[c] for p in probs) / len(probs) for c in range(3)]
+        assert got[video].tolist() == pytest.approx(want, abs=1e-6)
+    # averaging softmax scores is not softmax of averaged logits: video 0 would pick class 0 by mean logits
+    assert got[0].argmax() == 1
+
+
+def test_topk_against_hand_made_ranking():
+    scores = torch.tensor([
+        [0.10, 0.50, 0.20, 0.05, 0.05, 0.04, 0.06],  # label 1 ranks 1st
+        [0.30, 0.25, 0.20, 0.10, 0.08, 0.04, 0.03],  # label 4 ranks 5th
+        [0.30, 0.25, 0.20, 0.10, 0.08, 0.04, 0.03],  # label 5 ranks 6th
+        [0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.55],  # label 0 ranks 7th
+    ])
+    labels = torch.tensor([1, 4, 5, 0])
+    assert evaluate.topk_hits(scores, labels, 1).tolist() == [True, False, False, False]
+    assert evaluate.topk_hits(scores, labels, 5).tolist() == [True, True, False, False]
+    assert evaluate.topk_hits(scores, labels, 6).tolist() == [True, True, True, False]
+    # with fewer classes than k every label is within the top k
+    assert evaluate.topk_hits(scores[:, :3], torch.tensor([0, 1, 2, 2]), 5).all()
+
+
+def test_per_class_accuracy_by_hand():
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.1, 0.9]])
+    labels = torch.tensor([0, 0, 0, 1, 1])  # class a: 2 of 3 right, class b: 2 of 2 right
+    rows = evaluate.per_class_rows(scores, labels, ["a", "b"])
+    assert [(r["class"], r["videos"]) for r in rows] == [("a", 3), ("b", 2)]
+    assert rows[0]["top1"] == pytest.approx(200 / 3) and rows[1]["top1"] == 100.0
+
+
+class ConstantViews:
+    """KineticsDataset's test interface: video i has views filled with the constants values[i]; None: broken."""
+
+    def __init__(self, values, labels):
+        self.values, self.labels, self.broken = values, labels, []
+
+    def __len__(self):
+        return len(self.values)
+
+    def load(self, i):
+        if self.values[i] is None:
+            raise data.VideoError(f"video {i} is broken")
+        return torch.tensor(self.values[i]).view(-1, 1, 1, 1, 1).expand(-1, 3, 2, 4, 4).clone()
+
+    def mark_broken(self, i, error):
+        self.broken.append(i)
+
+
+class LogitsFromPixel(nn.Module):
+    """A view filled with c gets logits (c, -c, c*c)."""
+
+    def forward(self, video):
+        c = video[:, 0, 0, 0, 0]
+        return torch.stack([c, -c, c * c], dim=1)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_views_are_averaged_within_each_video_and_broken_videos_are_skipped(batch_size):
+    values = [[2.0, -1.0, 0.5], None, [0.0, 0.0, -3.0], [1.5, 1.0, -0.5], [-0.2, 2.2, 0.1]]
+    labels = [0, 1, 1, 2, 2]
+    dataset = ConstantViews(values, labels)
+    scores, got_labels, skipped = evaluate.predict_videos(
+        LogitsFromPixel(), dataset, device=torch.device("cpu"), batch_size=batch_size)
+    assert skipped == 1 and dataset.broken == [1]
+    assert got_labels.tolist() == [0, 1, 2, 2]
+    readable = [v for v in values if v is not None]
+    for got, views in zip(scores, readable):
+        probs = [naive_softmax([c, -c, c * c]) for c in views]
+        want = [sum(p[k] for p in probs) / len(probs) for k in range(3)]
+        assert got.tolist() == pytest.approx(want, abs=1e-6)
+
+
+# -----------------------------------------------------------------------------
+# the 30-view layout, on a real video through data.KineticsDataset
+
+CROP_RED = (40, 128, 216)  # left, centre, right thirds of the frame
+
+
+def frame_index_video(num_frames, size):
+    """A 3*size wide video; green encodes the frame index, red which third of the width a pixel is in."""
+    frames = []
+    for t in range(num_frames):
+        frame = np.zeros((size, 3 * size, 3), np.uint8)
+        for third, red in enumerate(CROP_RED):
+            frame[:, third * size:(third + 1) * size, 0] = red
+        frame[..., 1] = 8 + 10 * t
+        frame[..., 2] = 128
+        frames.append(frame)
+    return frames
+
+
+def test_thirty_views_are_ten_temporal_by_three_spatial_positions(tmp_path):
+    size, num_frames = 32, 24
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    write_video(tmp_path / "val" / "a" / "clip.mp4", frame_index_video(num_frames, size))
+    dataset = data.KineticsDataset(str(tmp_path), "val", num_frames=2, stride=2, size=size, clips=10, crops=3)
+    views, label = dataset[0]
+    assert views.shape == (30, 3, 2, size, size) and label == 0
+    pixels = (views + 1) * 127.5
+    # the middle of each view, away from the colour edges that compression blurs
+    centre = pixels[:, :, :, size // 4:-size // 4, size // 4:-size // 4].mean(dim=(-1, -2))  # (30, 3, T)
+    crop = [int(np.argmin([abs(float(centre[i, 0, 0]) - r) for r in CROP_RED])) for i in range(30)]
+    start = [round((float(centre[i, 1, 0]) - 8) / 10) for i in range(30)]
+    assert all(0 <= s < num_frames for s in start)
+    pairs = set(zip(start, crop))
+    assert len(pairs) == 30, "every view must be a distinct (temporal, spatial) position"
+    assert sorted(set(crop)) == [0, 1, 2] and len(set(start)) == 10
+    assert all(crop.count(c) == 10 for c in range(3)) and all(start.count(s) == 3 for s in set(start))
+    # each clip's second frame is `stride` frames after its first
+    second = [round((float(centre[i, 1, 1]) - 8) / 10) for i in range(30)]
+    assert [b - a for a, b in zip(start, second)] == [2] * 30
+
+
+# -----------------------------------------------------------------------------
+# the test run from a checkpoint: reports and errors
+
+TINY = dict(size="Ti/16", img_size=32, heads=2, patches=2)  # 2 x 2 patches per frame: fast on a CPU
+
+
+def save_checkpoint(path, classes, variant="KV", frames=2, stride=2):
+    torch.manual_seed(0)
+    model = vit.build_model(variant, len(classes), frames, **TINY)
+    args = dict(variant=variant, heads=TINY["heads"], patches=TINY["patches"], msca_blocks=None, shift_div=4,
+                size=TINY["size"], img_size=TINY["img_size"], frames=frames, stride=stride, data=None,
+                annotations=None)
+    torch.save({"model": model.state_dict(), "optimizer": {}, "scaler": None, "epoch": 1, "step": 1, "rng": {},
+                "args": args, "classes": classes, "best_top1": 0.0}, path)
+    return model
+
+
+def make_split(root, classes, per_class, broken=0):
+    """root/val/<class>/*.mp4 of coloured frames, plus `broken` undecodable files in the first class."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        folder = root / "val" / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            base = rng.integers(0, 200, size=3)
+            frames = [np.full((40, 48, 3), base + 5 * t, np.uint8) for t in range(12)]
+            write_video(folder / f"{i}.mp4", frames)
+    for i in range(broken):
+        (root / "val" / classes[0] / f"broken{i}.mp4").write_bytes(b"not a video" * 100)
+
+
+def test_test_run_reports_match_a_naive_per_view_loop(tmp_path):
+    classes = ["a", "b", "c"]
+    make_split(tmp_path / "set", classes, per_class=2, broken=1)
+    model = save_checkpoint(tmp_path / "ck.pt", classes)
+    report = evaluate.main(["--checkpoint", str(tmp_path / "ck.pt"), "--data", str(tmp_path / "set"),
+                            "--clips", "2", "--crops", "3", "--workers", "0", "--device", "cpu",
+                            "--json", str(tmp_path / "out" / "eval.json"), "--per-class", str(tmp_path / "pc.csv")])
+    saved = json.loads((tmp_path / "out" / "eval.json").read_text())
+    for key in ("top1", "top5", "views", "videos", "skipped", "variant", "checkpoint"):
+        assert key in saved
+    assert saved == json.loads(json.dumps(report))
+    assert (saved["views"], saved["videos"], saved["skipped"], saved["variant"]) == (6, 6, 1, "KV")
+    assert saved["top5"] == 100.0  # 3 classes: always within the top 5
+
+    # reference: every readable video on its own, every view on its own, plain Python averaging
+    dataset = data.KineticsDataset(str(tmp_path / "set"), "val", train=False, num_frames=2, stride=2,
+                                   size=32, clips=2, crops=3)
+    model.eval()
+    right, per_class = 0, {c: [0, 0] for c in range(3)}
+    for i in range(len(dataset)):
+        if "broken" in dataset.videos[i]:
+            continue
+        views, label = dataset[i]
+        with torch.no_grad():
+            probs = [naive_softmax(model(view[None])[0].tolist()) for view in views]
+        mean = [sum(p[k] for p in probs) / len(probs) for k in range(3)]
+        hit = int(max(range(3), key=lambda k: mean[k]) == label)
+        right += hit
+        per_class[label][0] += 1
+        per_class[label][1] += hit
+    assert saved["top1"] == pytest.approx(100 * right / 6)
+    table = evaluate.results_table([str(tmp_path / "out" / "eval.json")]).splitlines()
+    assert table[2].startswith(f"| KV | {saved['top1']:.1f} | 100.0 | 6 | 6 | 1 |")
+    lines = (tmp_path / "pc.csv").read_text().splitlines()
+    assert lines[0] == "class,videos,top1,top5"
+    for c, line in enumerate(lines[1:]):
+        name, videos, top1, _ = line.split(",")
+        assert (name, int(videos)) == (classes[c], per_class[c][0])
+        assert float(top1) == pytest.approx(100 * per_class[c][1] / per_class[c][0], abs=0.01)
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint")
+    save_checkpoint(tmp_path / "ck.pt", ["a", "b"])
+    cases = [
+        (["--checkpoint", str(tmp_path / "missing.pt")], "missing.pt"),
+        (["--checkpoint", str(tmp_path / "garbage.pt")], "garbage.pt"),
+        (["--checkpoint", str(tmp_path / "ck.pt"), "--data", str(tmp_path / "nowhere")], "nowhere"),
+        (["--checkpoint", str(tmp_path / "ck.pt"), "--clips", "0"], "--clips"),
+        (["--speed", "--size", "Q/99"], "--size"),
+        ([], "--checkpoint"),
+    ]
+    for argv, named in cases:
+        result = run_cli(*argv)
+        assert result.returncode != 0, argv
+        assert "Traceback" not in result.stderr, argv
+        assert len(result.stderr.strip().splitlines()) == 1 and named in result.stderr, (argv, result.stderr)
+
+
+# -----------------------------------------------------------------------------
+# the cost benchmark
+
+@pytest.fixture
+def one_thread():
+    """Tiny steps on a shared 2-core machine: one thread avoids losing time to busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_speed_benchmark_reports_a_ratio_for_every_variant(tmp_path, one_thread):
+    out = tmp_path / "speed.json"
+    rows = evaluate.main(["--speed", "--device", "cpu", "--size", "Ti/16", "--img-size", "32", "--frames", "2",
+                          "--batch-size", "1", "--patches", "2", "--warmup", "1", "--repeats", "1",
+                          "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert [r["variant"] for r in saved["rows"]] == list(vit.VARIANTS) == [r["variant"] for r in rows]
+    for row in saved["rows"]:
+        assert row["step_ms"] > 0 and math.isfinite(row["ratio"]) and row["ratio"] > 0
+        assert row["clips_per_s"] == pytest.approx(1000 / row["step_ms"])
+    assert saved["rows"][0]["ratio"] == 1.0 and saved["rows"][0]["activation_ratio"] == 1.0
+    # shifting moves activations but keeps their number: every MSCA variant saves as much as ViT for backward
+    # (up to the few bytes of a shifted copy), and none saves less than a small fraction of it
+    for row in saved["rows"]:
+        assert 0.9 < row["activation_ratio"] < 1.5, row
+
+
+def test_analytic_flops_match_pytorchs_flop_counter():
+    frames, batch = 3, 2
+    model = vit.build_model("vit", 5, frames, size="Ti/16", img_size=48)
+    video = torch.rand(batch, 3, frames, 48, 48) * 2 - 1
+    # the math kernel spells attention out as matmuls, which the counter sees
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(video)
+    assert evaluate.train_flops(model, frames, 48, batch, 5) == 3 * counter.get_total_flops()

@@ -1,0 +1,283 @@
+"""train.py: gradient accumulation, a tiny end-to-end run, exact resume, bad input and NaN handling.
+
+Runs go through `train.main(argv)` in-process (fast) on a few tiny videos written here with cv2; one
+bad-input case goes through a real subprocess to check the exit status and the single stderr line.
+"""
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from argparse import Namespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train
+import vit
+
+CLASSES = ("brightening", "darkening")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tensors here are tiny: extra threads only add overhead, and the 2 cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_video(path, frames):
+    """frames: uint8 (T, H, W, 3) RGB."""
+    height, width = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (width, height))
+    assert writer.isOpened(), "cv2 cannot write mp4 here"
+    for frame in frames:
+        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    writer.release()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """root/{train,val}/<class>/*.mp4: 3 train and 1 val video per class, 12 frames of 40x48 px."""
+    root = tmp_path_factory.mktemp("videos")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("val", 1)):
+        for label, name in enumerate(CLASSES):
+            os.makedirs(root / split / name)
+            for i in range(count):
+                ramp = np.linspace(40, 215, 12)[::1 if label == 0 else -1]
+                frames = ramp[:, None, None, None] + rng.normal(0, 20, (12, 40, 48, 3))
+                write_video(root / split / name / f"{i}.mp4", np.clip(frames, 0, 255).astype(np.uint8))
+    return root
+
+
+def tiny_args(data, out, *extra):
+    return ["--data", str(data), "--out", str(out), "--size", "Ti/16", "--img-size", "32", "--frames", "2",
+            "--stride", "2", "--batch-size", "2", "--accum-steps", "2", "--workers", "0", "--lr", "0.05",
+            "--lr-steps", "1", "--seed", "3", *extra]
+
+
+@pytest.fixture(scope="module")
+def one_epoch(videos, tmp_path_factory):
+    """OUT folder of a finished 1-epoch run; tests that change it work on a copy."""
+    out = tmp_path_factory.mktemp("runs") / "one"
+    assert train.main(tiny_args(videos, out, "--epochs", "1")) == 0
+    return out
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rebuild(ckpt):
+    """The model as the checkpoint contract says evaluate.py rebuilds it."""
+    a = ckpt["args"]
+    model = vit.build_model(a["variant"], len(ckpt["classes"]), a["frames"], size=a["size"], img_size=a["img_size"],
+                            heads=a["heads"], patches=a["patches"], msca_blocks=a["msca_blocks"],
+                            shift_div=a["shift_div"])
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def log_rows(out):
+    with open(out / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gradient accumulation
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD with lr 0 that keeps a copy of the gradients it is asked to step with."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.0)
+        self.seen = []
+
+    def step(self, closure=None):
+        self.seen.append([p.grad.clone() for group in self.param_groups for p in group["params"]])
+        return super().step(closure)
+
+
+def smoothed_cross_entropy(logits, labels, eps):
+    """Label-smoothed cross-entropy from its definition: target (1 - eps) one-hot + eps / C, batch mean."""
+    classes = logits.size(1)
+    target = torch.full_like(logits, eps / classes)
+    target[torch.arange(len(labels)), labels] += 1 - eps
+    return -(target * logits.log_softmax(1)).sum(1).mean()
+
+
+@pytest.mark.parametrize("clips, accum, windows", [(8, 4, [range(0, 8)]), (10, 4, [range(0, 8), range(8, 10)])])
+def test_accumulated_gradients_equal_one_big_batch(clips, accum, windows):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 2 * 4 * 4, 5))
+    videos, labels = torch.randn(clips, 3, 2, 4, 4), torch.randint(0, 5, (clips,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(videos, labels), batch_size=2)
+    optimizer = RecordingSGD(model.parameters())
+    train.train_one_epoch(model, loader, optimizer, torch.nn.CrossEntropyLoss(label_smoothing=0.1),
+                          accum_steps=accum, scaler=torch.amp.GradScaler("cpu", enabled=False))
+
+    assert len(optimizer.seen) == len(windows)
+    for seen, window in zip(optimizer.seen, windows):
+        big = list(window)
+        model.zero_grad()
+        smoothed_cross_entropy(model(videos[big]), labels[big], 0.1).backward()
+        for got, param in zip(seen, model.parameters()):
+            torch.testing.assert_close(got, param.grad, rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Runs
+
+
+def test_one_epoch_writes_log_args_and_loadable_checkpoints(one_epoch):
+    rows = log_rows(one_epoch)
+    assert len(rows) == 1
+    assert list(rows[0]) == ["epoch", "step", "lr", "train_loss", "train_top1", "val_top1", "val_top5",
+                             "clips_per_s", "skipped", "seconds"]
+    # 6 train videos in batches of 2 -> 3 micro-batches, an optimizer step after the 2nd and the 3rd
+    assert rows[0]["epoch"] == "1" and rows[0]["step"] == "2" and float(rows[0]["lr"]) == 0.05
+    assert rows[0]["skipped"] == "0" and rows[0]["val_top1"] != ""
+
+    ckpt = load(one_epoch / "last.pt")  # weights_only: evaluate.py can use torch.load's safe mode
+    assert {"model", "optimizer", "scaler", "epoch", "step", "rng", "args", "classes", "best_top1"} <= set(ckpt)
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 2 and ckpt["classes"] == sorted(CLASSES)
+    assert ckpt["scaler"] is None  # fp32 on CPU
+    for key in ("variant", "heads", "patches", "msca_blocks", "shift_div", "size", "img_size", "frames", "stride",
+                "data", "annotations"):
+        assert key in ckpt["args"]
+    assert ckpt["args"]["variant"] == "KV" and ckpt["args"]["size"] == "Ti/16" and ckpt["args"]["frames"] == 2
+    model = rebuild(ckpt).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 2, 32, 32)).shape == (1, 2)
+    best = load(one_epoch / "best.pt")
+    assert best["epoch"] == 1 and float(rows[0]["val_top1"]) == pytest.approx(best["best_top1"], abs=0.01)
+    assert json.load(open(one_epoch / "args.json"))["batch_size"] == 2
+    assert not list(one_epoch.glob("*.tmp"))
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(videos, one_epoch, tmp_path):
+    straight = tmp_path / "straight"
+    assert train.main(tiny_args(videos, straight, "--epochs", "2")) == 0
+    resumed = tmp_path / "resumed"
+    shutil.copytree(one_epoch, resumed)
+    assert train.main(tiny_args(videos, resumed, "--epochs", "2", "--resume")) == 0
+
+    a, b = load(straight / "last.pt"), load(resumed / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 4
+    assert not torch.equal(a["model"]["head.weight"], load(one_epoch / "last.pt")["model"]["head.weight"])
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(state_a["momentum_buffer"], state_b["momentum_buffer"])
+    # --lr-steps 1: the second epoch runs at lr / 10 in both
+    assert [float(r["lr"]) for r in log_rows(resumed)] == [0.05, pytest.approx(0.005)]
+    assert [r["train_loss"] for r in log_rows(resumed)] == [r["train_loss"] for r in log_rows(straight)]
+
+
+def test_nan_loss_stops_and_leaves_the_last_checkpoint_intact(videos, one_epoch, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "nan"
+    shutil.copytree(one_epoch, out)
+    before = {name: digest(out / name) for name in ("last.pt", "best.pt", "log.csv")}
+    build_model = vit.build_model
+
+    def build_model_with_nan_logits(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        model.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+        return model
+
+    monkeypatch.setattr(vit, "build_model", build_model_with_nan_logits)
+    assert train.main(tiny_args(videos, out, "--epochs", "2", "--resume")) == 1
+    assert "nan" in capsys.readouterr().err.lower()
+    assert {name: digest(out / name) for name in before} == before
+    rebuild(load(out / "last.pt"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Defaults
+
+
+def test_recipes_paper_with_data_small_without_and_set_flags_win(videos, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    paper = train.resolve_args(train.parse_args(["--data", str(videos), "--variant", "pKV"]))
+    assert (paper.size, paper.img_size, paper.frames, paper.stride) == ("B/16", 224, 8, 32)
+    assert (paper.epochs, paper.lr, paper.lr_steps, paper.momentum, paper.weight_decay) == (12, 0.1, [10], 0.9, 0)
+    assert (paper.batch_size, paper.accum_steps, paper.heads, paper.patches) == (21, 10, 2, 16)
+    assert (paper.label_smoothing, paper.clip_grad, paper.out) == (0.01, 1.0, os.path.join("runs", "pKV"))
+
+    small = train.resolve_args(train.parse_args(["--variant", "vit", "--epochs", "3", "--img-size", "48"]))
+    assert small.synthetic and small.data == train.SYNTHETIC_DIR
+    assert (small.size, small.epochs, small.img_size, small.out) == ("Ti/16", 3, 48, os.path.join("runs", "synthetic-vit"))
+
+
+def test_lr_is_divided_by_ten_at_each_step():
+    args = Namespace(lr=0.1, lr_steps=[8, 11])
+    assert [train.lr_at(args, e) for e in range(12)] == pytest.approx([0.1] * 8 + [0.01] * 3 + [0.001])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad input: exit status 2 and one line naming the flag or file
+
+
+def bad_inputs(videos, tmp):
+    (tmp / "empty" / "train" / "a").mkdir(parents=True)
+    (tmp / "garbage.npz").write_bytes(b"not a checkpoint")
+    (tmp / "taken").mkdir()
+    (tmp / "taken" / "last.pt").write_bytes(b"an earlier run")
+    return {
+        "missing data": (["--data", str(tmp / "nowhere")], "nowhere"),
+        "empty dataset": (["--data", str(tmp / "empty")], "empty"),
+        "unknown variant": (["--variant", "XYZ"], "XYZ"),
+        "odd heads": (["--heads", "3"], "heads"),
+        "too many patches": (["--variant", "pKV", "--patches", "40"], "patches"),
+        "unreadable pretrained": (["--pretrained", str(tmp / "garbage.npz")], "garbage.npz"),
+        "missing pretrained": (["--pretrained", str(tmp / "missing.npz")], "missing.npz"),
+        "zero batch": (["--batch-size", "0"], "--batch-size"),
+        "not a number": (["--epochs", "two"], "--epochs"),
+        "would clobber": (["--out", str(tmp / "taken")], "--resume"),
+        "nothing to resume": (["--resume"], "last.pt"),
+        "damaged checkpoint": (["--out", str(tmp / "taken"), "--resume"], "last.pt"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing data", "empty dataset", "unknown variant", "odd heads", "too many patches",
+                                  "unreadable pretrained", "missing pretrained", "zero batch", "not a number",
+                                  "would clobber", "nothing to resume", "damaged checkpoint"])
+def test_bad_input_exits_2_with_one_line(case, videos, tmp_path, capsys):
+    extra, named = bad_inputs(videos, tmp_path)[case]
+    argv = tiny_args(videos, tmp_path / "out", "--epochs", "1") + extra  # later flags win
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error:") and named in err[0], err
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_bad_input_from_the_command_line(videos, tmp_path):
+    (tmp_path / "garbage.npz").write_bytes(b"not a checkpoint")
+    argv = tiny_args(videos, tmp_path / "out", "--pretrained", str(tmp_path / "garbage.npz"))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *argv], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "garbage.npz" in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_fp16_runs_with_a_loss_scaler_and_checkpoints_its_state(videos, tmp_path):
+    # CPU autocast has fp16 too, so the GradScaler path that GPUs without bf16 take runs here
+    assert train.main(tiny_args(videos, tmp_path / "fp16", "--epochs", "1", "--amp", "fp16")) == 0
+    ckpt = load(tmp_path / "fp16" / "last.pt")
+    assert ckpt["scaler"]["scale"] > 0
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())

@@ -1,0 +1,248 @@
+"""vit.py: every block kind of the paper against the loop reference, the ViT identities, and weight loading."""
+import numpy as np
+import pytest
+import torch
+
+import naive
+import vit
+
+IMG, FRAMES = 32, 3  # 2x2 patches + CLS = 5 tokens per frame
+
+
+def video(batch=2, frames=FRAMES, img=IMG, seed=1):
+    torch.manual_seed(seed)
+    return torch.rand(batch, 3, frames, img, img, dtype=torch.double) * 2 - 1
+
+
+def model_and_reference(variant, size="S/16", **kwargs):
+    torch.manual_seed(0)
+    model = vit.build_model(variant, 5, FRAMES, size=size, img_size=IMG, **kwargs).double().eval()
+    dim, num_heads, depth = vit.SIZES[size]
+    heads, patches, k = kwargs.get("heads", 2), kwargs.get("patches", 16), kwargs.get("msca_blocks")
+    k = depth if k is None else k
+    if variant == "vit":
+        blocks = [{}] * depth
+    elif variant == "tokenshift":
+        blocks = [{"token_shift": dim // kwargs.get("shift_div", 4)}] * depth
+    else:
+        amount = patches if variant.startswith("p") else heads
+        kind = {"shifted": variant.removeprefix("p").lower(), "axis": "patch" if variant.startswith("p") else "head",
+                "n_back": amount // 2, "n_fwd": amount // 2}
+        blocks = [{}] * (depth - k) + [kind] * k
+    return model, lambda x: naive.video_model(model.state_dict(), x, num_heads, blocks)
+
+
+SETTINGS = [  # (variant, kwargs): all 16 block kinds, several heads / patches / msca_blocks / shift_div
+    ("vit", {}), ("tokenshift", {}), ("tokenshift", {"shift_div": 8}),
+    *[(v, {"heads": 2}) for v in ("Q", "K", "V", "QK", "KV", "QV", "QKV")],
+    ("KV", {"heads": 4}), ("KV", {"heads": 6, "msca_blocks": 5}), ("QKV", {"heads": 4, "msca_blocks": 1}),
+    *[(v, {"patches": 2}) for v in ("pQ", "pK", "pV", "pQK", "pKV", "pQV", "pQKV")],
+    ("pKV", {"patches": 4}), ("pKV", {"patches": 4, "msca_blocks": 8}), ("pQ", {"patches": 4, "msca_blocks": 3}),
+]
+
+
+@pytest.mark.parametrize("variant,kwargs", SETTINGS, ids=[f"{v}-{k}" for v, k in SETTINGS])
+def test_block_kinds_match_reference(variant, kwargs):
+    model, reference = model_and_reference(variant, **kwargs)
+    x = video()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-9, atol=1e-9)
+
+
+def test_reference_sees_the_temporal_interaction():
+    """Guards the test above: on the same weights MSCA-KV, TokenShift and ViT give different scores."""
+    x = video()
+    kv, _ = model_and_reference("KV")
+    _, vit_reference = model_and_reference("vit")
+    _, tokenshift_reference = model_and_reference("tokenshift")
+    with torch.no_grad():
+        scores = kv(x)
+    assert not torch.allclose(scores, vit_reference(x)) and not torch.allclose(scores, tokenshift_reference(x))
+
+
+@pytest.mark.parametrize("variant,kwargs", [("KV", {"heads": 0}), ("pKV", {"patches": 0}), ("QKV", {"msca_blocks": 0}),
+                                            ("tokenshift", {"shift_div": 10_000})])
+def test_shifting_nothing_is_plain_vit(variant, kwargs):
+    torch.manual_seed(0)
+    plain = vit.build_model("vit", 5, FRAMES, size="Ti/16", img_size=IMG).double()
+    model = vit.build_model(variant, 5, FRAMES, size="Ti/16", img_size=IMG, **kwargs).double()
+    model.load_state_dict(plain.state_dict())
+    x = video()
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+
+
+@pytest.mark.parametrize("variant", vit.VARIANTS)
+def test_only_vit_is_blind_to_frame_order(variant):
+    """Frame-wise ViT + temporal averaging scores a reversed clip the same; every temporal model does not."""
+    torch.manual_seed(0)
+    model = vit.build_model(variant, 5, FRAMES, size="Ti/16", img_size=IMG, patches=4).double()
+    x = video()
+    with torch.no_grad():
+        same = torch.allclose(model(x), model(x.flip(2)), rtol=1e-12, atol=1e-12)
+    assert same == (variant == "vit")
+
+
+@pytest.mark.parametrize("variant", vit.VARIANTS)
+def test_gradients_reach_every_parameter(variant):
+    torch.manual_seed(0)
+    model = vit.build_model(variant, 4, 4, size="Ti/16", img_size=IMG, patches=4)
+    model(torch.randn(2, 3, 4, IMG, IMG)).logsumexp(-1).sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert no_grad == []
+
+
+def test_state_dict_uses_timm_names():
+    model = vit.build_model("pKV", 10, size="Ti/16", img_size=IMG, patches=4)
+    per_block = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+                 "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+                 "mlp.fc2.weight", "mlp.fc2.bias"]
+    expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
+                "norm.bias", "head.weight", "head.bias", *(f"blocks.{i}.{n}" for i in range(12) for n in per_block)}
+    assert set(model.state_dict()) == expected
+    assert model.state_dict()["blocks.0.attn.qkv.weight"].shape == (3 * 192, 192)
+    assert model.state_dict()["pos_embed"].shape == (1, 5, 192)
+
+
+@pytest.mark.parametrize("size,dim,heads,depth", [("Ti/16", 192, 3, 12), ("S/16", 384, 6, 12), ("B/16", 768, 12, 12),
+                                                  ("L/16", 1024, 16, 24)])
+def test_sizes(size, dim, heads, depth):
+    with torch.device("meta"):
+        model = vit.build_model("KV", 400, size=size)
+    assert len(model.blocks) == depth and model.cls_token.shape[-1] == dim
+    assert model.blocks[0].attn.num_heads == heads and model.pos_embed.shape[1] == 197
+
+
+def test_msca_only_in_the_last_blocks():
+    model = vit.build_model("KV", 3, size="Ti/16", img_size=IMG, msca_blocks=4)
+    kinds = [block.attn.shift.shifted for block in model.blocks]
+    assert kinds == [""] * 8 + ["kv"] * 4
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(variant="KV", heads=3), "heads"),
+    (dict(variant="KV", heads=4), "heads"),  # Ti/16 has 3 heads
+    (dict(variant="pKV", patches=7), "patches"),
+    (dict(variant="pKV", patches=6), "patches"),  # 5 tokens per frame at 32 px
+    (dict(variant="vitt"), "variant"),
+    (dict(variant="KV", size="H/14"), "size"),
+    (dict(variant="KV", msca_blocks=13), "msca_blocks"),
+    (dict(variant="KV", img_size=40), "img_size"),
+    (dict(variant="tokenshift", shift_div=0), "shift_div"),
+])
+def test_invalid_arguments_raise_value_error(kwargs, match):
+    kwargs = {"num_classes": 3, "size": "Ti/16", "img_size": IMG, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        vit.build_model(**kwargs)
+
+
+def test_settings_that_do_not_apply_are_ignored():
+    vit.build_model("vit", 3, size="Ti/16", img_size=IMG, patches=100, heads=5)  # patches/heads unused by ViT
+
+
+# --- loading weights --------------------------------------------------------------------------------------
+
+
+def google_checkpoint(path, dim=192, heads=3, depth=12, grid=2, classes=5, seed=0):
+    """A random checkpoint in the layout of Google's ViT-B_16.npz (ImageNet-21k release, with pre_logits)."""
+    rng = np.random.default_rng(seed)
+    d, mlp = dim // heads, 4 * dim
+
+    def r(*shape, scale=0.05):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    arrays = {"embedding/kernel": r(16, 16, 3, dim), "embedding/bias": r(dim), "cls": r(1, 1, dim),
+              "Transformer/posembed_input/pos_embedding": r(1, grid * grid + 1, dim),
+              "Transformer/encoder_norm/scale": 1 + r(dim), "Transformer/encoder_norm/bias": r(dim),
+              "head/kernel": r(dim, classes, scale=0.5), "head/bias": r(classes),
+              "pre_logits/kernel": r(dim, dim), "pre_logits/bias": r(dim)}
+    for i in range(depth):
+        p = f"Transformer/encoderblock_{i}/"
+        m = p + "MultiHeadDotProductAttention_1/"
+        arrays.update({p + "LayerNorm_0/scale": 1 + r(dim), p + "LayerNorm_0/bias": r(dim),
+                       p + "LayerNorm_2/scale": 1 + r(dim), p + "LayerNorm_2/bias": r(dim),
+                       p + "MlpBlock_3/Dense_0/kernel": r(dim, mlp), p + "MlpBlock_3/Dense_0/bias": r(mlp),
+                       p + "MlpBlock_3/Dense_1/kernel": r(mlp, dim), p + "MlpBlock_3/Dense_1/bias": r(dim),
+                       m + "out/kernel": r(heads, d, dim), m + "out/bias": r(dim)})
+        for name in ("query", "key", "value"):
+            arrays.update({m + name + "/kernel": r(dim, heads, d, scale=0.3), m + name + "/bias": r(heads, d)})
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_google_npz_loads_and_matches_an_independent_forward(tmp_path):
+    arrays = google_checkpoint(tmp_path / "ViT-Ti_16.npz")
+    model = vit.load_pretrained(vit.build_model("vit", 5, FRAMES, size="Ti/16", img_size=IMG),
+                                tmp_path / "ViT-Ti_16.npz").double()
+    x = video()
+    images = x.permute(0, 2, 3, 4, 1).reshape(-1, IMG, IMG, 3).numpy()  # (B*T, H, W, 3), as Google's code takes
+    expected = naive.google_vit_frames(arrays, images, heads=3).reshape(2, FRAMES, 5).mean(1)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), expected, rtol=1e-7, atol=1e-7)
+
+
+def test_head_of_other_shape_is_zeroed_and_logged(tmp_path):
+    google_checkpoint(tmp_path / "in21k.npz", classes=7)
+    lines = []
+    model = vit.build_model("KV", 5, size="Ti/16", img_size=IMG)
+    vit.load_pretrained(model, tmp_path / "in21k.npz", log=lines.append)
+    assert torch.all(model.head.weight == 0) and torch.all(model.head.bias == 0)
+    assert len(lines) == 1 and "in21k.npz" in lines[0] and "zeros" in lines[0]
+
+
+def test_pos_embed_is_interpolated_on_the_grid_keeping_cls(tmp_path):
+    arrays = google_checkpoint(tmp_path / "grid4.npz", grid=4)
+    pos = arrays["Transformer/posembed_input/pos_embedding"]
+    rows, cols = np.meshgrid(np.arange(4.0), np.arange(4.0), indexing="ij")
+    pos[0, 1:, 0], pos[0, 1:, 1], pos[0, 1:, 2] = rows.ravel(), cols.ravel(), 3.0  # row, column, constant
+    arrays["Transformer/posembed_input/pos_embedding"] = pos
+    np.savez(tmp_path / "grid4.npz", **arrays)
+    model = vit.load_pretrained(vit.build_model("vit", 5, size="Ti/16", img_size=48), tmp_path / "grid4.npz")
+    new = model.pos_embed.detach()[0]
+    assert new.shape == (10, 192)
+    torch.testing.assert_close(new[0], torch.from_numpy(pos[0, 0]))  # CLS kept as is
+    grid = new[1:].reshape(3, 3, 192)
+    assert torch.all(grid[1:, :, 0] > grid[:-1, :, 0]) and torch.allclose(grid[:, :1, 0].expand(3, 3), grid[:, :, 0])
+    assert torch.all(grid[:, 1:, 1] > grid[:, :-1, 1]) and torch.allclose(grid[:1, :, 1].expand(3, 3), grid[:, :, 1])
+    torch.testing.assert_close(grid[:, :, 2], torch.full((3, 3), 3.0))
+
+
+def test_timm_state_dict_round_trips(tmp_path):
+    torch.manual_seed(0)
+    source = vit.build_model("vit", 5, size="Ti/16", img_size=IMG)
+    torch.save(source.state_dict(), tmp_path / "timm.pth")
+    torch.save({"model": {"module." + k: v for k, v in source.state_dict().items()}, "epoch": 3}, tmp_path / "ddp.pt")
+    x = video().float()
+    for name in ("timm.pth", "ddp.pt"):
+        torch.manual_seed(1)
+        target = vit.load_pretrained(vit.build_model("pKV", 5, size="Ti/16", img_size=IMG, patches=0),
+                                     tmp_path / name)
+        with torch.no_grad():
+            assert torch.equal(target(x), source(x))
+        assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+
+
+def test_timm_checkpoint_loads_with_plain_load_state_dict():
+    source = vit.build_model("vit", 5, size="Ti/16", img_size=IMG)
+    vit.build_model("KV", 5, size="Ti/16", img_size=IMG).load_state_dict(source.state_dict())
+
+
+def test_bad_checkpoints_name_the_file_and_the_problem(tmp_path):
+    model = vit.build_model("vit", 5, size="Ti/16", img_size=IMG)
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        vit.load_pretrained(model, tmp_path / "missing.npz")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(vit.CheckpointError, match="junk.pth"):
+        vit.load_pretrained(model, tmp_path / "junk.pth")
+    np.savez(tmp_path / "other.npz", weights=np.zeros(3))
+    with pytest.raises(vit.CheckpointError, match="other.npz.*not a Google ViT"):
+        vit.load_pretrained(model, tmp_path / "other.npz")
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "resnet.pth")
+    with pytest.raises(vit.CheckpointError, match="resnet.pth.*missing.*cls_token"):
+        vit.load_pretrained(model, tmp_path / "resnet.pth")
+    torch.save(vit.build_model("vit", 5, size="S/16", img_size=IMG).state_dict(), tmp_path / "small.pth")
+    with pytest.raises(vit.CheckpointError, match="small.pth.*shapes.*cls_token"):
+        vit.load_pretrained(model, tmp_path / "small.pth")
+    google_checkpoint(tmp_path / "shallow.npz", depth=2)
+    with pytest.raises(vit.CheckpointError, match="shallow.npz.*missing.*blocks.2"):
+        vit.load_pretrained(model, tmp_path / "shallow.npz")

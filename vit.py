@@ -1,0 +1,288 @@
+"""A hand-written ViT (eq. 1-3) applied frame by frame to a video, with temporal averaging of the scores.
+
+Block kinds (one per block, Fig. 1 of the paper):
+- ViT:        z' = z + MSA(LN(z));  z = z' + MLP(LN(z'))                       (eq. 2-3)
+- TokenShift: the same with Shift() of the class token before the MSA and before the MLP (eq. 4-7)
+- MSCA:       MSA replaced by MSCA, some heads/tokens attend to frames t-1 and t+1 (eq. 10-11, 17-23)
+
+Parameter names follow timm's `vision_transformer.py` (`patch_embed.proj`, `cls_token`, `pos_embed`,
+`blocks.{i}.norm1`, `blocks.{i}.attn.qkv`, ...), so timm state dicts load with `load_state_dict`, and
+`load_pretrained` also reads Google's original ImageNet-21k `.npz` checkpoints.
+"""
+import math
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from attention import MSCA_VARIANTS, NO_SHIFT, Attention, CrossAttentionShift
+from shift import TokenShift
+
+PATCH_SIZE = 16
+SIZES = {  # name: (embedding dim D, heads h, blocks)
+    "Ti/16": (192, 3, 12),
+    "S/16": (384, 6, 12),
+    "B/16": (768, 12, 12),
+    "L/16": (1024, 16, 24),
+}
+VARIANTS = ("vit", "tokenshift") + MSCA_VARIANTS
+LAYER_NORM_EPS = 1e-6  # as in the original ViT; PyTorch's default 1e-5 would not match the weights
+
+
+class PatchEmbed(nn.Module):
+    """Cuts each frame into P x P patches and embeds them: x_0^i E of eq. 1 (a stride-P convolution)."""
+
+    def __init__(self, dim: int, patch_size: int = PATCH_SIZE):
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.proj(frames), "bt d gh gw -> bt (gh gw) d")
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """A pre-norm encoder block on `(B, T, N+1, D)`; the block kind is chosen by its two shift settings."""
+
+    def __init__(self, dim: int, num_heads: int, attn_shift: CrossAttentionShift = NO_SHIFT,
+                 token_shift_div: Optional[int] = None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.attn = Attention(dim, num_heads, attn_shift)
+        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.mlp = Mlp(dim, 4 * dim)
+        self.token_shift = nn.Identity() if token_shift_div is None else TokenShift(dim, token_shift_div)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = self.token_shift(z)  # eq. 4 (identity unless TokenShift)
+        z = z + self.attn(self.norm1(z))  # eq. 2 / 5 / 10
+        z = self.token_shift(z)  # eq. 6
+        return z + self.mlp(self.norm2(z))  # eq. 3 / 7 / 11
+
+
+class VideoViT(nn.Module):
+    """Frame-wise ViT: every frame goes through the encoder, its class token through the head, and the
+    frame scores are averaged over time (the "ViT" baseline of the paper, and TokenShift/MSCA on top)."""
+
+    def __init__(self, num_classes: int, num_frames: int, dim: int, depth: int, num_heads: int,
+                 img_size: int, attn_shifts: list, token_shift_div: Optional[int] = None):
+        super().__init__()
+        self.num_frames = num_frames  # the clip length it is trained with; any T works in forward
+        self.img_size = img_size
+        num_patches = (img_size // PATCH_SIZE) ** 2
+        self.patch_embed = PatchEmbed(dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
+        self.blocks = nn.ModuleList(Block(dim, num_heads, shift, token_shift_div) for shift in attn_shifts)
+        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.head = nn.Linear(dim, num_classes)
+        self.init_weights()
+
+    def init_weights(self):
+        """timm's ViT initialisation, for training from scratch (pretrained weights overwrite it)."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """video: (B, 3, T, H, W) in [-1, 1] -> logits (B, num_classes)."""
+        if video.dim() != 5 or video.size(1) != 3 or video.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(f"expected a video (B, 3, T, {self.img_size}, {self.img_size}), "
+                             f"got {tuple(video.shape)}")
+        batch = video.size(0)
+        frames = rearrange(video, "b c t h w -> (b t) c h w")
+        patches = self.patch_embed(frames)
+        cls = self.cls_token.expand(patches.size(0), -1, -1)
+        z = torch.cat([cls, patches], dim=1) + self.pos_embed  # eq. 1
+        z = rearrange(z, "(b t) n d -> b t n d", b=batch)
+        for block in self.blocks:
+            z = block(z)
+        frame_logits = self.head(self.norm(z)[:, :, 0])  # class token of each frame: (B, T, classes)
+        return frame_logits.mean(dim=1)  # temporal averaging
+
+
+def build_model(variant: str, num_classes: int, num_frames: int = 8, *, size: str = "B/16",
+                img_size: int = 224, heads: int = 2, patches: int = 16, msca_blocks: Optional[int] = None,
+                shift_div: int = 4) -> VideoViT:
+    """The video model of the paper.
+
+    variant: "vit", "tokenshift", or an MSCA variant: "Q" "K" "V" "QK" "KV" "QV" "QKV" (shift along heads)
+        and "pQ" ... "pQKV" (shift along patches).
+    heads: heads shifted in total along the head axis (2 -> h_b = h_f = 1, the paper's best).
+    patches: tokens shifted in total along the patch axis (16 -> N_b = N_f = 8; token 0 is CLS).
+    msca_blocks: MSCA in the last k blocks only, plain MSA before (Table 3); None = all blocks.
+    shift_div: TokenShift shifts D // shift_div class-token channels each way (4: D/4 back, D/4 forward).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    if not isinstance(img_size, int) or img_size < PATCH_SIZE or img_size % PATCH_SIZE:
+        raise ValueError(f"img_size={img_size!r}: must be a positive multiple of the patch size {PATCH_SIZE}")
+    if num_classes < 1 or num_frames < 1:
+        raise ValueError(f"num_classes={num_classes} and num_frames={num_frames} must both be >= 1")
+    dim, num_heads, depth = SIZES[size]
+    num_tokens = (img_size // PATCH_SIZE) ** 2 + 1
+
+    attn_shifts, token_shift_div = [NO_SHIFT] * depth, None
+    if variant == "tokenshift":
+        if not isinstance(shift_div, int) or shift_div < 1:
+            raise ValueError(f"shift_div={shift_div!r}: must be an integer >= 1 (D // shift_div channels each way)")
+        token_shift_div = shift_div
+    elif variant in MSCA_VARIANTS:
+        k = depth if msca_blocks is None else msca_blocks
+        if not isinstance(k, int) or not 0 <= k <= depth:
+            raise ValueError(f"msca_blocks={msca_blocks!r}: must be None (all) or an integer 0..{depth}")
+        msca = CrossAttentionShift.from_variant(variant, heads=heads, patches=patches, num_heads=num_heads,
+                                                num_tokens=num_tokens)
+        attn_shifts = [NO_SHIFT] * (depth - k) + [msca] * k
+    return VideoViT(num_classes, num_frames, dim, depth, num_heads, img_size, attn_shifts, token_shift_div)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pretrained weights: Google's ViT .npz (ImageNet-21k) and timm/PyTorch state dicts
+
+
+class CheckpointError(ValueError):
+    """A file that is not a ViT checkpoint, or one that does not fit the model."""
+
+
+def load_pretrained(model: VideoViT, path, log: Callable[[str], None] = print) -> VideoViT:
+    """Load ViT weights into `model`: Google's `.npz` (e.g. ImageNet-21k `ViT-B_16.npz`) or a timm/PyTorch
+    state dict (`.pth`, `.pt`, `.bin`, `.safetensors`). The head is loaded only when its shape fits;
+    otherwise it is set to zeros, as the authors do for fine-tuning. `pos_embed` is resized (bicubic on the
+    patch grid, CLS kept) when the checkpoint was trained at another image size."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    state = read_checkpoint(path)
+    model.load_state_dict(fit_to_model(model, state, path, log))
+    return model
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint as a state dict with timm's names and layouts."""
+    if path.suffix == ".npz":
+        return npz_to_state_dict(path)
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file  # optional dependency
+        except ImportError:
+            raise CheckpointError(f"{path}: reading .safetensors needs `pip install safetensors`") from None
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
+    for wrapper in ("model", "state_dict", "module"):  # training checkpoints nest the weights
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    prefixes = ("module.", "_orig_mod.")  # from DistributedDataParallel and torch.compile
+    return {_strip(k, prefixes): v for k, v in state.items()}
+
+
+def _strip(key: str, prefixes) -> str:
+    for prefix in prefixes:
+        key = key.removeprefix(prefix)
+    return key
+
+
+def npz_to_state_dict(path: Path) -> dict:
+    """Google's ViT layout -> timm's: Dense kernels are (in, out) and become (out, in); the attention
+    kernels are (D, heads, D/h) for q/k/v and (heads, D/h, D) for out; the patch kernel is HWIO."""
+    try:
+        arrays = np.load(path)
+        names = set(arrays.files)
+    except Exception as error:
+        raise CheckpointError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})") from None
+    if "Transformer/posembed_input/pos_embedding" not in names:
+        raise CheckpointError(f"{path}: not a Google ViT checkpoint (no 'Transformer/posembed_input/pos_embedding')")
+
+    def get(name: str) -> torch.Tensor:
+        if name not in names:
+            raise CheckpointError(f"{path}: Google ViT checkpoint lacks key {name!r}")
+        return torch.from_numpy(np.asarray(arrays[name], dtype=np.float32))
+
+    def dense(prefix: str, target: str) -> dict:
+        return {f"{target}.weight": get(f"{prefix}/kernel").T, f"{target}.bias": get(f"{prefix}/bias")}
+
+    def layer_norm(prefix: str, target: str) -> dict:
+        return {f"{target}.weight": get(f"{prefix}/scale"), f"{target}.bias": get(f"{prefix}/bias")}
+
+    state = {
+        "patch_embed.proj.weight": get("embedding/kernel").permute(3, 2, 0, 1),
+        "patch_embed.proj.bias": get("embedding/bias"),
+        "cls_token": get("cls"),
+        "pos_embed": get("Transformer/posembed_input/pos_embedding"),
+        **layer_norm("Transformer/encoder_norm", "norm"),
+    }
+    if "head/kernel" in names:  # the in21k release also has pre_logits/*, which fine-tuning does not use
+        state.update(dense("head", "head"))
+    depth = sum(1 for n in names if n.startswith("Transformer/encoderblock_") and n.endswith("LayerNorm_0/scale"))
+    for i in range(depth):
+        src, dst = f"Transformer/encoderblock_{i}", f"blocks.{i}"
+        attn = f"{src}/MultiHeadDotProductAttention_1"
+        state.update(layer_norm(f"{src}/LayerNorm_0", f"{dst}.norm1"))
+        state.update(layer_norm(f"{src}/LayerNorm_2", f"{dst}.norm2"))
+        state.update(dense(f"{src}/MlpBlock_3/Dense_0", f"{dst}.mlp.fc1"))
+        state.update(dense(f"{src}/MlpBlock_3/Dense_1", f"{dst}.mlp.fc2"))
+        qkv = [f"{attn}/{name}" for name in ("query", "key", "value")]
+        state[f"{dst}.attn.qkv.weight"] = torch.cat([get(f"{p}/kernel").flatten(1).T for p in qkv])
+        state[f"{dst}.attn.qkv.bias"] = torch.cat([get(f"{p}/bias").flatten() for p in qkv])
+        state[f"{dst}.attn.proj.weight"] = get(f"{attn}/out/kernel").flatten(0, 1).T
+        state[f"{dst}.attn.proj.bias"] = get(f"{attn}/out/bias")
+    return state
+
+
+def fit_to_model(model: nn.Module, state: dict, path: Path, log: Callable[[str], None]) -> dict:
+    """Checks the checkpoint against the model; resizes pos_embed and zeroes a head that does not fit."""
+    expected = model.state_dict()
+    state = {k: v for k, v in state.items() if k in expected}
+    if "pos_embed" in state and state["pos_embed"].shape != expected["pos_embed"].shape:
+        state["pos_embed"] = resize_pos_embed(state["pos_embed"], expected["pos_embed"].shape, path)
+    head_fits = all(k in state and state[k].shape == expected[k].shape for k in ("head.weight", "head.bias"))
+    if not head_fits:
+        num_classes = state["head.weight"].shape[0] if "head.weight" in state else "no"
+        log(f"{path.name}: checkpoint head has {num_classes} classes, model has {expected['head.weight'].shape[0]}: "
+            "head initialised to zeros")
+        state["head.weight"] = torch.zeros_like(expected["head.weight"])
+        state["head.bias"] = torch.zeros_like(expected["head.bias"])
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a checkpoint of this ViT, missing {len(missing)} keys: "
+                              f"{', '.join(missing[:4])}")
+    wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+             if state[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(f"{path}: shapes do not fit the model: {'; '.join(wrong[:3])}")
+    return state
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, shape: torch.Size, path: Path) -> torch.Tensor:
+    """Bicubic interpolation of the patch part of pos_embed on its 2-D grid; the CLS entry is kept."""
+    old_grid, new_grid = math.isqrt(pos_embed.shape[1] - 1), math.isqrt(shape[1] - 1)
+    if pos_embed.dim() != 3 or pos_embed.shape[2] != shape[2] or old_grid ** 2 != pos_embed.shape[1] - 1:
+        raise CheckpointError(f"{path}: pos_embed {tuple(pos_embed.shape)} cannot be resized to {tuple(shape)}")
+    cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
+    grid = rearrange(grid, "1 (gh gw) d -> 1 d gh gw", gh=old_grid).float()
+    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    return torch.cat([cls, rearrange(grid, "1 d gh gw -> 1 (gh gw) d").to(cls.dtype)], dim=1)
