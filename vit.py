@@ -257,7 +257,8 @@ def fit_to_model(model: nn.Module, state: dict, path: Path, log: Callable[[str],
     """Checks the checkpoint against the model; resizes pos_embed and zeroes a head that does not fit."""
     expected = model.state_dict()
     state = {k: v for k, v in state.items() if k in expected}
-    if "pos_embed" in state and state["pos_embed"].shape != expected["pos_embed"].shape:
+    pos, want = state.get("pos_embed"), expected["pos_embed"]
+    if pos is not None and pos.shape != want.shape and pos.shape[-1] == want.shape[-1]:  # other width: shape error
         state["pos_embed"] = resize_pos_embed(state["pos_embed"], expected["pos_embed"].shape, path)
     head_fits = all(k in state and state[k].shape == expected[k].shape for k in ("head.weight", "head.bias"))
     if not head_fits:

@@ -119,7 +119,7 @@ def video_model(state, video, num_heads, blocks, patch=16):
     return (cls @ s["head.weight"].T + s["head.bias"]).mean(dim=1)
 
 
-def google_vit_frames(arrays: dict, images: np.ndarray, num_heads: int, patch=16) -> np.ndarray:
+def google_vit_frames(arrays: dict, images: np.ndarray, patch=16) -> np.ndarray:
     """ViT on single images straight from Google's .npz layout (numpy, float64): images (F, H, W, 3) -> logits."""
     a = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
     count, height, width, _ = images.shape

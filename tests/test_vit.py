@@ -176,7 +176,7 @@ def test_google_npz_loads_and_matches_an_independent_forward(tmp_path):
                                 tmp_path / "ViT-Ti_16.npz").double()
     x = video()
     images = x.permute(0, 2, 3, 4, 1).reshape(-1, IMG, IMG, 3).numpy()  # (B*T, H, W, 3), as Google's code takes
-    expected = naive.google_vit_frames(arrays, images, heads=3).reshape(2, FRAMES, 5).mean(1)
+    expected = naive.google_vit_frames(arrays, images).reshape(2, FRAMES, 5).mean(1)
     with torch.no_grad():
         np.testing.assert_allclose(model(x).numpy(), expected, rtol=1e-7, atol=1e-7)
 
