@@ -14,22 +14,25 @@ def video(batch=2, frames=FRAMES, img=IMG, seed=1):
     return torch.rand(batch, 3, frames, img, img, dtype=torch.double) * 2 - 1
 
 
+def reference_blocks(variant, size, heads=2, patches=16, msca_blocks=None, shift_div=4):
+    """The per-block settings of naive.video_model for a build_model call."""
+    dim, _, depth = vit.SIZES[size]
+    k = depth if msca_blocks is None else msca_blocks
+    if variant == "vit":
+        return [{}] * depth
+    if variant == "tokenshift":
+        return [{"token_shift": dim // shift_div}] * depth
+    amount = patches if variant.startswith("p") else heads
+    kind = {"shifted": variant.removeprefix("p").lower(), "axis": "patch" if variant.startswith("p") else "head",
+            "n_back": amount // 2, "n_fwd": amount // 2}
+    return [{}] * (depth - k) + [kind] * k
+
+
 def model_and_reference(variant, size="S/16", **kwargs):
     torch.manual_seed(0)
     model = vit.build_model(variant, 5, FRAMES, size=size, img_size=IMG, **kwargs).double().eval()
-    dim, num_heads, depth = vit.SIZES[size]
-    heads, patches, k = kwargs.get("heads", 2), kwargs.get("patches", 16), kwargs.get("msca_blocks")
-    k = depth if k is None else k
-    if variant == "vit":
-        blocks = [{}] * depth
-    elif variant == "tokenshift":
-        blocks = [{"token_shift": dim // kwargs.get("shift_div", 4)}] * depth
-    else:
-        amount = patches if variant.startswith("p") else heads
-        kind = {"shifted": variant.removeprefix("p").lower(), "axis": "patch" if variant.startswith("p") else "head",
-                "n_back": amount // 2, "n_fwd": amount // 2}
-        blocks = [{}] * (depth - k) + [kind] * k
-    return model, lambda x: naive.video_model(model.state_dict(), x, num_heads, blocks)
+    blocks = reference_blocks(variant, size, **kwargs)
+    return model, lambda x: naive.video_model(model.state_dict(), x, vit.SIZES[size][1], blocks)
 
 
 SETTINGS = [  # (variant, kwargs): all 16 block kinds, several heads / patches / msca_blocks / shift_div
@@ -47,6 +50,20 @@ def test_block_kinds_match_reference(variant, kwargs):
     x = video()
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("variant,kwargs", [("KV", {"heads": 2}), ("QKV", {"heads": 2, "msca_blocks": 6}), ("Q", {"heads": 2}),
+                                            ("pQKV", {"patches": 4}), ("pKV", {"patches": 2}), ("tokenshift", {})])
+def test_gradients_match_reference(variant, kwargs):
+    """The in-place shifts must not disturb backward: every parameter's gradient equals the reference's."""
+    model, _ = model_and_reference(variant, size="Ti/16", **kwargs)
+    params = dict(model.named_parameters())  # the reference computes with these very tensors
+    x = video()
+    ours = torch.autograd.grad(model(x).logsumexp(-1).sum(), list(params.values()))
+    reference = naive.video_model(params, x, vit.SIZES["Ti/16"][1], reference_blocks(variant, "Ti/16", **kwargs))
+    theirs = torch.autograd.grad(reference.logsumexp(-1).sum(), list(params.values()))
+    for name, a, b in zip(params, ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=name)
 
 
 def test_reference_sees_the_temporal_interaction():
