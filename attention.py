@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from shift import temporal_shift_
+from shift import temporal_shift
 
 HEAD_VARIANTS = ("Q", "K", "V", "QK", "KV", "QV", "QKV")
 PATCH_VARIANTS = tuple("p" + v for v in HEAD_VARIANTS)
@@ -90,21 +90,22 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.size(0)
         # eq. 12 and 15: Q^(t), K^(t), V^(t) of every frame t, split into h heads of D/h channels
-        qkv = rearrange(self.qkv(x), "b t n (three h d) -> three b t h n d", three=3, h=self.num_heads)
+        q, k, v = rearrange(self.qkv(x), "b t n (three h d) -> three b t h n d", three=3, h=self.num_heads)
         # eq. 17-18 (heads) and eq. 21 (patches): some heads/tokens of frame t are those of t-1 or t+1.
         # The paper's order: the first h_b heads (N_b tokens) come from t-1, the next h_f (N_f) from t+1.
         # (The authors' released code takes the first heads from t+1; only the labelling differs.)
-        # In place on the fresh projection output, which backward does not need: only shifted slots move.
-        for i, name in enumerate("qkv"):
-            if self.shift.applies_to(name):
-                temporal_shift_(qkv[i], SLOT_DIM[self.shift.axis], self.shift.n_back, self.shift.n_fwd)
-        q, k, v = qkv
+        q, k, v = (self._shifted(name, tensor) for name, tensor in zip("qkv", (q, k, v)))
         # eq. 13-14: head_i^(t) = softmax(Q_i K_i^T / sqrt(D/h)) V_i. Eq. 14 writes sqrt(D), but ViT (and its
         # pretrained weights) scale by sqrt(D/h) per head; sqrt(D) would sharpen the attention the weights
         # were trained with by sqrt(h). SDPA's default scale is 1/sqrt(last dim) = 1/sqrt(D/h).
         heads = F.scaled_dot_product_attention(*(rearrange(z, "b t h n d -> (b t) h n d") for z in (q, k, v)))
         # eq. 16: stack the heads, then the output projection of ViT's MSA
         return self.proj(rearrange(heads, "(b t) h n d -> b t n (h d)", b=batch))
+
+    def _shifted(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        if not self.shift.applies_to(name):
+            return tensor
+        return temporal_shift(tensor, SLOT_DIM[self.shift.axis], self.shift.n_back, self.shift.n_fwd)
 
     def extra_repr(self) -> str:
         s = self.shift

@@ -364,7 +364,7 @@ def run_speed(args, device):
     device_name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     peak = args.peak_tflops or (peak_tflops_for(device_name) if cuda else None)
     try:
-        rows = benchmark_speed(list(vit.VARIANTS), size=size, img_size=img_size, frames=args.frames,
+        rows = benchmark_speed(["vit"] + [v for v in args.variants if v != "vit"], size=size, img_size=img_size, frames=args.frames,
                                batch_size=batch_size, heads=args.heads, patches=args.patches, device=device,
                                warmup=args.warmup, repeats=args.repeats, peak_tflops=peak)
     except ValueError as e:
@@ -441,6 +441,8 @@ def parse_args(argv=None):
     p.add_argument("--size", choices=["Ti/16", "S/16", "B/16", "L/16"], help="speed: ViT size (B/16 GPU, Ti/16 CPU)")
     p.add_argument("--img-size", type=positive_int, help="speed: frame size (default 224 GPU, 112 CPU)")
     p.add_argument("--frames", type=positive_int, default=8, help="speed: frames per clip (default 8)")
+    p.add_argument("--variants", nargs="+", choices=vit.VARIANTS, default=list(vit.VARIANTS),
+                   help="speed: variants to time against vit (default: all 16)")
     p.add_argument("--heads", type=positive_int, default=2, help="speed: heads MSCA shifts (default 2)")
     p.add_argument("--patches", type=positive_int, default=16, help="speed: patches pMSCA shifts (default 16)")
     p.add_argument("--warmup", type=positive_int, default=2, help="speed: untimed steps per variant")

@@ -14,17 +14,11 @@ TIME_DIM = 1
 def temporal_shift(x: torch.Tensor, dim: int, n_back: int, n_fwd: int) -> torch.Tensor:
     """Shift slots [0, n_back) of axis `dim` from frame t-1 and [n_back, n_back+n_fwd) from t+1.
 
-    x: (B, T, ...) with the frame axis at 1. Returns a new tensor of the same shape; x is not modified
-    (x itself when nothing is shifted).
+    x: (B, T, ...) with the frame axis at 1. Returns a new tensor of the same shape; x is not modified.
+    One pass over memory: the output is written slice by slice, no padded copy of x is made.
     """
     if n_back == 0 and n_fwd == 0:
         return x
-    return temporal_shift_(x.clone(), dim, n_back, n_fwd)
-
-
-def temporal_shift_(x: torch.Tensor, dim: int, n_back: int, n_fwd: int) -> torch.Tensor:
-    """In-place `temporal_shift`: only the shifted slots are copied (2 of 12 heads for MSCA-KV, 16 of 197
-    tokens for pKV), which is what keeps MSCA at the cost of MSA. Returns x."""
     dim = dim % x.dim()
     if dim == TIME_DIM:
         raise ValueError("temporal_shift: the slot axis cannot be the frame axis (1)")
@@ -32,17 +26,19 @@ def temporal_shift_(x: torch.Tensor, dim: int, n_back: int, n_fwd: int) -> torch
     if n_back < 0 or n_fwd < 0 or n_back + n_fwd > slots:
         raise ValueError(f"temporal_shift: cannot shift {n_back}+{n_fwd} of {slots} slots along axis {dim}")
 
-    def part(start, length, frame_start, frame_len):
-        return x.narrow(dim, start, length).narrow(TIME_DIM, frame_start, frame_len)
+    def part(t, start, length, frame_start, frame_len):
+        return t.narrow(dim, start, length).narrow(TIME_DIM, frame_start, frame_len)
 
-    # The source and target frames overlap in memory, hence the clone of the (small) moving part.
-    # backward shift: x[t] = x[t-1] for t >= 2, zero at t = 1
-    part(0, n_back, 1, frames - 1).copy_(part(0, n_back, 0, frames - 1).clone())
-    part(0, n_back, 0, 1).zero_()
-    # forward shift: x[t] = x[t+1] for t <= T-1, zero at t = T
-    part(n_back, n_fwd, 0, frames - 1).copy_(part(n_back, n_fwd, 1, frames - 1).clone())
-    part(n_back, n_fwd, frames - 1, 1).zero_()
-    return x
+    out = torch.empty_like(x)
+    kept = slots - n_back - n_fwd
+    part(out, n_back + n_fwd, kept, 0, frames).copy_(part(x, n_back + n_fwd, kept, 0, frames))
+    # backward shift: out[t] = x[t-1] for t >= 2, zero at t = 1
+    part(out, 0, n_back, 1, frames - 1).copy_(part(x, 0, n_back, 0, frames - 1))
+    part(out, 0, n_back, 0, 1).zero_()
+    # forward shift: out[t] = x[t+1] for t <= T-1, zero at t = T
+    part(out, n_back, n_fwd, 0, frames - 1).copy_(part(x, n_back, n_fwd, 1, frames - 1))
+    part(out, n_back, n_fwd, frames - 1, 1).zero_()
+    return out
 
 
 class TokenShift(nn.Module):

@@ -254,15 +254,6 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
 # -----------------------------------------------------------------------------
 # the cost benchmark
 
-@pytest.fixture
-def one_thread():
-    """Tiny steps on a shared 2-core machine: one thread avoids losing time to busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_speed_benchmark_reports_a_ratio_for_every_variant(tmp_path, one_thread):
     out = tmp_path / "speed.json"
     rows = evaluate.main(["--speed", "--device", "cpu", "--size", "Ti/16", "--img-size", "32", "--frames", "2",

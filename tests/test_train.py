@@ -25,13 +25,7 @@ CLASSES = ("brightening", "darkening")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors here are tiny: extra threads only add overhead, and the 2 cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one_epoch asks for it too: resume must be bit-exact
 
 
 def write_video(path, frames):
@@ -66,7 +60,7 @@ def tiny_args(data, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def one_epoch(videos, tmp_path_factory):
+def one_epoch(videos, tmp_path_factory, one_thread):
     """OUT folder of a finished 1-epoch run; tests that change it work on a copy."""
     out = tmp_path_factory.mktemp("runs") / "one"
     assert train.main(tiny_args(videos, out, "--epochs", "1")) == 0

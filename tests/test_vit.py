@@ -55,7 +55,7 @@ def test_block_kinds_match_reference(variant, kwargs):
 @pytest.mark.parametrize("variant,kwargs", [("KV", {"heads": 2}), ("QKV", {"heads": 2, "msca_blocks": 6}), ("Q", {"heads": 2}),
                                             ("pQKV", {"patches": 4}), ("pKV", {"patches": 2}), ("tokenshift", {})])
 def test_gradients_match_reference(variant, kwargs):
-    """The in-place shifts must not disturb backward: every parameter's gradient equals the reference's."""
+    """Backward through every shift: each parameter's gradient equals that of the reference."""
     model, _ = model_and_reference(variant, size="Ti/16", **kwargs)
     params = dict(model.named_parameters())  # the reference computes with these very tensors
     x = video()
