@@ -14,30 +14,49 @@ TIME_DIM = 1
 def temporal_shift(x: torch.Tensor, dim: int, n_back: int, n_fwd: int) -> torch.Tensor:
     """Shift slots [0, n_back) of axis `dim` from frame t-1 and [n_back, n_back+n_fwd) from t+1.
 
-    x: (B, T, ...) with the frame axis at 1. Returns a new tensor of the same shape; x is not modified.
-    One pass over memory: the output is written slice by slice, no padded copy of x is made.
+    x: (B, T, ...) with the frame axis at 1. Returns a new tensor of the same shape (x itself when nothing
+    is shifted); x is not modified.
     """
     if n_back == 0 and n_fwd == 0:
         return x
     dim = dim % x.dim()
     if dim == TIME_DIM:
         raise ValueError("temporal_shift: the slot axis cannot be the frame axis (1)")
-    slots, frames = x.size(dim), x.size(TIME_DIM)
-    if n_back < 0 or n_fwd < 0 or n_back + n_fwd > slots:
-        raise ValueError(f"temporal_shift: cannot shift {n_back}+{n_fwd} of {slots} slots along axis {dim}")
+    if n_back < 0 or n_fwd < 0 or n_back + n_fwd > x.size(dim):
+        raise ValueError(f"temporal_shift: cannot shift {n_back}+{n_fwd} of {x.size(dim)} slots along axis {dim}")
+    return TemporalShift.apply(x, dim, n_back, n_fwd)
+
+
+class TemporalShift(torch.autograd.Function):
+    """The shift with its own backward: the gradient of "slot s of frame t takes frame t-1" is "slot s of
+    frame t sends to t+1", i.e. the same shift with the directions swapped. One pass over memory each way;
+    autograd through the slices would allocate and sum a full-size gradient per slice."""
+
+    @staticmethod
+    def forward(ctx, x, dim, n_back, n_fwd):
+        ctx.shift = dim, n_back, n_fwd
+        return shifted_copy(x, dim, n_back, n_fwd, back=-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        dim, n_back, n_fwd = ctx.shift
+        return shifted_copy(grad, dim, n_back, n_fwd, back=+1), None, None, None
+
+
+def shifted_copy(x: torch.Tensor, dim: int, n_back: int, n_fwd: int, back: int) -> torch.Tensor:
+    """Slots [0, n_back) of frame t take frame t+back, slots [n_back, n_back+n_fwd) frame t-back, zeros where
+    that frame does not exist; the rest is copied. Written slice by slice into one new tensor."""
+    out = torch.empty_like(x)
+    frames, kept = x.size(TIME_DIM), x.size(dim) - n_back - n_fwd
 
     def part(t, start, length, frame_start, frame_len):
         return t.narrow(dim, start, length).narrow(TIME_DIM, frame_start, frame_len)
 
-    out = torch.empty_like(x)
-    kept = slots - n_back - n_fwd
     part(out, n_back + n_fwd, kept, 0, frames).copy_(part(x, n_back + n_fwd, kept, 0, frames))
-    # backward shift: out[t] = x[t-1] for t >= 2, zero at t = 1
-    part(out, 0, n_back, 1, frames - 1).copy_(part(x, 0, n_back, 0, frames - 1))
-    part(out, 0, n_back, 0, 1).zero_()
-    # forward shift: out[t] = x[t+1] for t <= T-1, zero at t = T
-    part(out, n_back, n_fwd, 0, frames - 1).copy_(part(x, n_back, n_fwd, 1, frames - 1))
-    part(out, n_back, n_fwd, frames - 1, 1).zero_()
+    for start, length, offset in ((0, n_back, back), (n_back, n_fwd, -back)):  # offset: source frame - t
+        hit, lost = (1, 0) if offset < 0 else (0, frames - 1)  # T-1 frames from `hit` on have a source
+        part(out, start, length, hit, frames - 1).copy_(part(x, start, length, hit + offset, frames - 1))
+        part(out, start, length, lost, 1).zero_()
     return out
 
 
