@@ -503,7 +503,7 @@ def synthetic_clip(rng, num_frames, size):
     The background is plain on purpose: over a colourful one, a ViT trained from scratch on a CPU spends
     its first thousand steps on the background and never finds the motion."""
     background = np.broadcast_to(rng.uniform(0, 60, 3).astype(np.uint8), (size, size, 3))
-    colour = rng.integers(150, 256, 3)
+    colour = tuple(int(c) for c in rng.integers(150, 256, 3))
     # One random zoom sets both size and speed: training crops magnify 1.09-1.47x (the paper's scale
     # augmentation), so zooms from 0.6 put the test views, which are not magnified, inside the training range.
     zoom = rng.uniform(0.6, 1.0)
@@ -511,7 +511,6 @@ def synthetic_clip(rng, num_frames, size):
     y0 = rng.uniform(radius, size - radius - travel)
     x = rng.uniform(radius, size - radius)
     square = rng.random() < 0.5
-    colour = tuple(int(c) for c in colour)
     fixed_point = lambda xy: np.round(np.asarray(xy) * 16).astype(np.int32)  # 4 fractional bits: smooth motion
     frames = np.repeat(background[None], num_frames, axis=0)
     for t, frame in enumerate(frames):
