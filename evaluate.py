@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 import data
+import train
 import vit
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, matched against
@@ -144,11 +144,8 @@ def load_checkpoint(path):
 
 
 def model_from_checkpoint(ckpt, path):
-    a = ckpt["args"]
     try:
-        model = vit.build_model(a["variant"], len(ckpt["classes"]), a["frames"], size=a["size"],
-                                img_size=a["img_size"], heads=a["heads"], patches=a["patches"],
-                                msca_blocks=a["msca_blocks"], shift_div=a["shift_div"])
+        model = train.build_model(ckpt["args"], len(ckpt["classes"]))
         model.load_state_dict(ckpt["model"])
     except (KeyError, ValueError, RuntimeError) as e:
         raise UserError(f"--checkpoint {path}: cannot rebuild the model from its stored arguments ({first_line(e)})")
@@ -162,20 +159,6 @@ def label_map_for(dataset_classes, model_classes, root):
         raise UserError(f"--data {root}: classes the checkpoint was not trained on: {', '.join(unknown[:5])}"
                         + (" ..." if len(unknown) > 5 else ""))
     return torch.tensor([model_classes.index(c) for c in dataset_classes])
-
-
-def write_atomic(path, text):
-    """Write through a temp file in the same folder, so an interrupted run never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def per_class_csv(rows):
@@ -220,9 +203,9 @@ def run_test(args, device):
     print(f"{a['variant']}: top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  over {report['videos']} "
           f"videos x {report['views']} views ({skipped} broken videos skipped)")
     if args.json:
-        write_atomic(args.json, json.dumps(report, indent=2) + "\n")
+        train.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     if args.per_class:
-        write_atomic(args.per_class, per_class_csv(per_class_rows(scores, labels, ckpt["classes"])))
+        train.atomic_write_text(args.per_class, per_class_csv(per_class_rows(scores, labels, ckpt["classes"])))
     return report
 
 
@@ -382,7 +365,7 @@ def run_speed(args, device):
         report = {"device": device_name, "size": size, "img_size": img_size, "frames": args.frames,
                   "batch_size": batch_size, "precision": precision, "repeats": args.repeats,
                   "peak_tflops": peak, "rows": rows}
-        write_atomic(args.json, json.dumps(report, indent=2) + "\n")
+        train.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     return rows
 
 

@@ -19,6 +19,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 
@@ -52,7 +53,8 @@ SYNTHETIC_VIDEOS = dict(train_per_class=1000, val_per_class=50, num_frames=32, s
 SYNTHETIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache",
                              f"synthetic-v{data.SYNTHETIC_VERSION}-{{train_per_class}}-{{val_per_class}}-"
                              "{num_frames}x{size}".format(**SYNTHETIC_VIDEOS))
-FIXED_ON_RESUME = ("variant", "size", "img_size", "heads", "patches", "msca_blocks", "shift_div", "optimizer")
+MODEL_KWARGS = ("size", "img_size", "heads", "patches", "msca_blocks", "shift_div")  # of vit.build_model
+FIXED_ON_RESUME = ("variant", *MODEL_KWARGS, "optimizer")
 LOG_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_top1", "val_top5", "clips_per_s",
                "skipped", "seconds")
 
@@ -249,6 +251,11 @@ def make_loader(dataset, args, rank, world, train, device):
 # Training and validation
 
 
+def build_model(args, num_classes):
+    """The model that a run's arguments (a dict, as stored in its checkpoints) describe."""
+    return vit.build_model(args["variant"], num_classes, args["frames"], **{k: args[k] for k in MODEL_KWARGS})
+
+
 def make_optimizer(model, args):
     if args.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -333,20 +340,28 @@ def validate(model, loader, amp_dtype, show_bar=False):
 # Files. Everything is written to a temporary file first and renamed, so a crash never leaves half a file.
 
 
+def atomic_write(path, mode, write):
+    """Calls write(f) on a temporary file beside `path`, flushed to disk, then renames it to `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def atomic_save(obj, path):
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, "wb", lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, "w", lambda f: f.write(text))
 
 
 def read_checkpoint(path):
@@ -398,9 +413,7 @@ def train(args, rank, world, device):
 
     torch.manual_seed(args.seed)
     try:
-        model = vit.build_model(args.variant, len(classes), args.frames, size=args.size, img_size=args.img_size,
-                                heads=args.heads, patches=args.patches, msca_blocks=args.msca_blocks,
-                                shift_div=args.shift_div)
+        model = build_model(vars(args), len(classes))
     except ValueError as error:
         raise UserError(str(error)) from None
     if args.pretrained and not args.resume:
