@@ -38,6 +38,7 @@ Command line:
 import argparse
 import contextlib
 import csv
+import errno
 import json
 import multiprocessing
 import os
@@ -54,11 +55,10 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
-TRAIN_SHORT_SIDE = (244, 330)  # paper: random short side for 224-pixel crops; scaled by size / 224
 FLIP_PROB = 0.5
 JITTER_PROB = 0.1
 BRIGHTNESS = (0.5, 2.0)  # multiplicative factor
@@ -187,20 +187,7 @@ def read_clip(path, choose_indices):
 
 
 # -----------------------------------------------------------------------------
-# sampling
-
-
-def random_int(low, high):
-    """Uniform integer in [low, high], both included, from torch's generator."""
-    return int(torch.randint(low, high + 1, ()).item())
-
-
-def random_uniform(low, high):
-    return low + (high - low) * torch.rand(()).item()
-
-
-def chance(probability):
-    return torch.rand(()).item() < probability
+# sampling: every random number comes from the generator passed in (see KineticsDataset.__getitem__)
 
 
 def fitting_stride(video_frames, num_frames, stride):
@@ -215,21 +202,22 @@ def stretched_clip(video_frames, num_frames):
     return np.arange(num_frames) * video_frames // num_frames
 
 
-def train_clip_indices(video_frames, num_frames, stride):
+def train_clip_indices(video_frames, num_frames, stride, rng):
+    """`num_frames` frames `stride` apart from a uniformly random start."""
     step = fitting_stride(video_frames, num_frames, stride)
     if step == 0:
         return stretched_clip(video_frames, num_frames)
-    start = random_int(0, video_frames - 1 - step * (num_frames - 1))
-    return start + step * np.arange(num_frames)
+    return rng.integers(0, video_frames - step * (num_frames - 1)) + step * np.arange(num_frames)
 
 
 def multiview_clip_indices(video_frames, num_frames, stride, clips):
-    """(clips, num_frames) indices: clips with starts spread evenly over the video."""
+    """(clips, num_frames) indices as mmaction2's SampleFrames(test_mode=True): the possible starts cut into
+    `clips` equal segments, a clip starting at the middle of each (one clip: the centre of the video)."""
     step = fitting_stride(video_frames, num_frames, stride)
     if step == 0:
         return np.tile(stretched_clip(video_frames, num_frames), (clips, 1))
-    last_start = video_frames - 1 - step * (num_frames - 1)
-    starts = np.round(np.linspace(0, last_start, clips)).astype(np.int64)
+    segment = (video_frames - step * (num_frames - 1)) / clips
+    starts = (np.arange(clips) * segment + segment / 2).astype(np.int64)  # mmaction2's arithmetic, to the frame
     return starts[:, None] + step * np.arange(num_frames)
 
 
@@ -237,12 +225,12 @@ def multiview_clip_indices(video_frames, num_frames, stride, clips):
 # augmentation
 
 
-def random_train_box(height, width, size):
-    """(y, x, side) of a square in the frame equal to: short side -> random S in the paper's range, size x size crop."""
-    low, high = (round(size * s / 224) for s in TRAIN_SHORT_SIDE)
-    short_side = random_int(low, high)
-    side = min(height, width, max(1, round(min(height, width) * size / short_side)))
-    return random_int(0, height - side), random_int(0, width - side), side
+def random_train_box(height, width, img_size, short_side, rng):
+    """(y, x, side) of the square in the frame that equals: short side resized to a random S in `short_side`
+    (for 224-pixel crops, scaled for others), then a random img_size x img_size crop."""
+    low, high = (round(img_size * s / 224) for s in short_side)
+    side = min(height, width, max(1, round(min(height, width) * img_size / rng.integers(low, high + 1))))
+    return int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1)), side
 
 
 def multiview_crop_boxes(height, width, crops):
@@ -250,16 +238,15 @@ def multiview_crop_boxes(height, width, crops):
     side = min(height, width)
     slack = max(height, width) - side
     offsets = np.round(np.linspace(0, slack, crops)).astype(int) if crops > 1 else [slack // 2]
-    if width >= height:
-        return [(0, int(x), side) for x in offsets]
-    return [(int(y), 0, side) for y in offsets]
+    return [(0, int(x), side) if width >= height else (int(x), 0, side) for x in offsets]
 
 
-def crop_resize(frames, box, size):
-    """uint8 (T, H, W, 3) -> (T, size, size, 3): the square `box` resized to size x size."""
+def crop_resize(frames, box, img_size):
+    """uint8 (T, H, W, 3) -> (T, img_size, img_size, 3): the square `box` resized to img_size x img_size."""
     y, x, side = box
-    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(f[y:y + side, x:x + side], (size, size), interpolation=interpolation) for f in frames])
+    interpolation = cv2.INTER_AREA if side > img_size else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(f[y:y + side, x:x + side], (img_size, img_size), interpolation=interpolation)
+                     for f in frames])
 
 
 def adjust_saturation(clip, factor):
@@ -276,16 +263,16 @@ def adjust_hue(clip, shift):
     return np.clip(np.stack(shifted), 0, 1)
 
 
-def colour_jitter(clip):
+def colour_jitter(clip, rng):
     """float32 (T, H, W, 3) RGB in [0, 1]; each jitter with p = JITTER_PROB, same parameters for every frame."""
-    if chance(JITTER_PROB):
-        clip = np.clip(clip * random_uniform(*BRIGHTNESS), 0, 1)
-    if chance(JITTER_PROB):
-        clip = adjust_saturation(clip, random_uniform(*SATURATION))
-    if chance(JITTER_PROB):
-        clip = clip ** random_uniform(*GAMMA)
-    if chance(JITTER_PROB):
-        clip = adjust_hue(clip, random_uniform(*HUE))
+    if rng.random() < JITTER_PROB:
+        clip = np.clip(clip * rng.uniform(*BRIGHTNESS), 0, 1)
+    if rng.random() < JITTER_PROB:
+        clip = adjust_saturation(clip, rng.uniform(*SATURATION))
+    if rng.random() < JITTER_PROB:
+        clip = clip ** rng.uniform(*GAMMA)
+    if rng.random() < JITTER_PROB:
+        clip = adjust_hue(clip, rng.uniform(*HUE))
     return clip.astype(np.float32)
 
 
@@ -294,17 +281,17 @@ def to_tensor(clip):
     return torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2), dtype=np.float32)) * 2 - 1
 
 
-def train_transform(frames, size):
-    clip = crop_resize(frames, random_train_box(*frames.shape[1:3], size), size)
-    if chance(FLIP_PROB):
+def train_transform(frames, img_size, short_side, rng):
+    clip = crop_resize(frames, random_train_box(*frames.shape[1:3], img_size, short_side, rng), img_size)
+    if rng.random() < FLIP_PROB:
         clip = clip[:, :, ::-1]
-    return to_tensor(colour_jitter(clip.astype(np.float32) / 255))
+    return to_tensor(colour_jitter(clip.astype(np.float32) / 255, rng))
 
 
-def multiview_transform(clips, size, crops):
-    """uint8 (clips, T, H, W, 3) -> (clips * crops, 3, T, size, size), clip-major."""
+def multiview_transform(clips, img_size, crops):
+    """uint8 (clips, T, H, W, 3) -> (clips * crops, 3, T, img_size, img_size), clip-major."""
     boxes = multiview_crop_boxes(*clips.shape[2:4], crops)
-    return torch.stack([to_tensor(crop_resize(clip, box, size) / 255.0) for clip in clips for box in boxes])
+    return torch.stack([to_tensor(crop_resize(clip, box, img_size) / 255.0) for clip in clips for box in boxes])
 
 
 # -----------------------------------------------------------------------------
@@ -344,58 +331,55 @@ def folder_layout(root, split):
     return videos, labels, classes
 
 
-def kinetics_csv_rows(annotations):
-    """[(video name without extension, class name)] of an official Kinetics CSV."""
-    with open(annotations, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"label", "youtube_id", "time_start", "time_end"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{annotations}: Kinetics CSV without column(s) {', '.join(sorted(missing))}")
-        try:
-            return [(f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}",
-                     row["label"]) for row in reader]
-        except (TypeError, ValueError):
-            raise ValueError(f"{annotations}: line {reader.line_num}: time_start/time_end are not numbers") from None
+def kinetics_csv_rows(lines, annotations, split):
+    """[(video name without extension, class name)] of an official Kinetics CSV; with a `split` column, the rows
+    of `split` only (Kinetics writes "val" or "validate" for the validation split)."""
+    reader = csv.DictReader(lines)
+    missing = {"label", "youtube_id", "time_start", "time_end"} - set(reader.fieldnames or ())
+    if missing:
+        raise ValueError(f"{annotations}: Kinetics CSV without column(s) {', '.join(sorted(missing))}")
+    wanted = {split, "validate", "validation"} if split == "val" else {split}
+    try:
+        return [(f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}",
+                 row["label"]) for row in reader if row.get("split") in wanted or "split" not in row]
+    except (TypeError, ValueError):
+        raise ValueError(f"{annotations}: line {reader.line_num}: time_start/time_end are not numbers") from None
 
 
-def list_file_rows(annotations):
+def list_file_rows(lines, annotations):
     """[(relative path without extension, label index)] of an mmaction2-style list file."""
     rows = []
-    with open(annotations) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].isdigit():
-                raise ValueError(f"{annotations}: line {number}: expected 'relative/path label_index', got {line.strip()!r}")
+    for number, line in enumerate(lines, 1):
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) == 2 and parts[1].isdigit():
             rows.append((os.path.normpath(os.path.splitext(parts[0])[0]), int(parts[1])))
+        elif parts:
+            raise ValueError(f"{annotations}: line {number}: expected 'relative/path label_index', got {line.strip()!r}")
     return rows
 
 
 def listed_layout(root, split, annotations):
-    if not os.path.isfile(annotations):
-        raise FileNotFoundError(f"{annotations}: annotation file not found")
+    try:
+        with open(annotations, newline="") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{annotations}: not a text file (a Kinetics CSV or a list file is)") from None
     video_dir = os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root
-    with open(annotations, newline="") as f:
-        is_kinetics_csv = "youtube_id" in f.readline()
+    is_kinetics_csv = bool(lines) and "youtube_id" in lines[0]
     on_disk = {}
     for path in scan_videos(video_dir):
-        if is_kinetics_csv:
-            key = os.path.splitext(os.path.basename(path))[0]
-        else:
-            key = os.path.normpath(os.path.splitext(os.path.relpath(path, video_dir))[0])
-        on_disk.setdefault(key, path)
+        name = os.path.basename(path) if is_kinetics_csv else os.path.relpath(path, video_dir)
+        on_disk.setdefault(os.path.normpath(os.path.splitext(name)[0]), path)
     if is_kinetics_csv:
-        rows = kinetics_csv_rows(annotations)
+        rows = kinetics_csv_rows(lines, annotations, split)
         classes = sorted({name for _, name in rows})
-        label_of = {name: label for label, name in enumerate(classes)}
-        rows = [(key, label_of[name]) for key, name in rows]
+        rows = [(key, classes.index(name)) for key, name in rows]
     else:
-        rows = list_file_rows(annotations)
+        rows = list_file_rows(lines, annotations)
         classes = [str(i) for i in range(max((label for _, label in rows), default=-1) + 1)]
     found = [(on_disk[key], label) for key, label in rows if key in on_disk]
     if not found:
-        raise ValueError(f"{annotations}: none of its {len(rows)} videos is under {video_dir}")
+        raise ValueError(f"{annotations}: none of its {len(rows)} videos of split {split!r} is under {video_dir}")
     if len(found) < len(rows):
         print(f"data: {len(rows) - len(found)} of {len(rows)} videos listed in {annotations} are missing "
               f"under {video_dir}; using the {len(found)} found", file=sys.stderr)
@@ -403,23 +387,28 @@ def listed_layout(root, split, annotations):
 
 
 class KineticsDataset(Dataset):
-    """(video, label) items: train (3, T, size, size), test (clips * crops, 3, T, size, size), float32 in [-1, 1].
+    """(video, label) items: train (3, T, img_size, img_size), test (clips * crops, 3, T, img_size, img_size),
+    float32 in [-1, 1].
 
-    A video that raises VideoError is reported once, marked in memory shared with the DataLoader workers (so it
-    is not decoded again, by any worker) and replaced by the next good video; `skipped` counts them.
+    A video that raises VideoError is reported once (when `report`) and marked in `broken`, memory shared with
+    the DataLoader workers, so that no worker decodes it again. Training replaces it by the next good video;
+    a test item is None instead (collate_readable drops it), so that no video is counted twice.
+    The augmentation of item i draws from a generator seeded with (*epoch_seed, i, video): it depends on
+    nothing else (not on workers, ranks, or which videos turned out broken before), so runs resume exactly.
     """
 
-    def __init__(self, root, split="train", *, train=None, annotations=None, num_frames=8, stride=32, size=224,
-                 clips=10, crops=3):
-        for name, value in dict(num_frames=num_frames, stride=stride, size=size, clips=clips, crops=crops).items():
+    def __init__(self, root, split="train", *, train=None, annotations=None, num_frames=8, stride=32, img_size=224,
+                 clips=10, crops=3, short_side=(224, 330)):
+        for name, value in dict(num_frames=num_frames, stride=stride, img_size=img_size, clips=clips,
+                                crops=crops).items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"KineticsDataset: {name} must be a positive integer, got {value!r}")
         root = os.fspath(root)
         if not os.path.isdir(root):
             raise ValueError(f"{root}: dataset folder not found")
-        self.root, self.split = root, split
-        self.train = split == "train" if train is None else train
-        self.num_frames, self.stride, self.size, self.clips, self.crops = num_frames, stride, size, clips, crops
+        self.root, self.train = root, split == "train" if train is None else train
+        self.num_frames, self.stride, self.img_size, self.clips, self.crops = num_frames, stride, img_size, clips, crops
+        self.short_side = tuple(short_side)
         if annotations is None:
             self.videos, self.labels, self.classes = folder_layout(root, split)
         else:
@@ -428,7 +417,8 @@ class KineticsDataset(Dataset):
             raise ValueError(f"{os.path.join(root, split)}: no videos found ({', '.join(VIDEO_EXTENSIONS)})")
         # plain shared memory, no lock: one byte per video written by whichever worker finds it broken; a lock
         # created here could not be passed to workers started with 'spawn'
-        self._broken = multiprocessing.RawArray("b", len(self.videos))
+        self.broken = multiprocessing.RawArray("b", len(self.videos))
+        self.report, self.epoch_seed = True, (0, 0)
 
     def __len__(self):
         return len(self.videos)
@@ -436,36 +426,91 @@ class KineticsDataset(Dataset):
     @property
     def skipped(self):
         """Number of broken videos met so far, by this process and all its DataLoader workers."""
-        return int(np.frombuffer(self._broken, dtype=np.int8).sum())
+        return int(np.frombuffer(self.broken, dtype=np.int8).sum())
 
     def __getitem__(self, index):
-        failures, error = 0, None
-        for offset in range(len(self)):
-            i = (index + offset) % len(self)
-            if self._broken[i]:
+        if not self.train:
+            return None if self.broken[index] else self.try_load(index, None)
+        failures = 0
+        for i in (n % len(self) for n in range(index, index + len(self))):
+            if self.broken[i]:
                 continue
-            try:
-                return self.load(i), self.labels[i]
-            except VideoError as e:
-                failures, error = failures + 1, e
-                self.mark_broken(i, e)
-                if failures == MAX_BROKEN_IN_A_ROW:
-                    break
-        raise RuntimeError(f"data: {failures} broken videos in a row under {self.root} (last: {error}); "
-                           f"is the dataset intact?" if failures else f"data: every video under {self.root} is broken")
+            item = self.try_load(i, np.random.default_rng([*self.epoch_seed, index, i]))
+            if item is not None:
+                return item
+            failures += 1
+            if failures == MAX_BROKEN_IN_A_ROW:
+                raise VideoError(f"{self.root}: {failures} broken videos in a row from {self.videos[index]} on; "
+                                 f"is the dataset intact?")
+        raise VideoError(f"{self.root}: every video is broken")
 
-    def mark_broken(self, i, error):
-        if not self._broken[i]:
-            self._broken[i] = 1
-            print(f"data: skipping broken video: {error}", file=sys.stderr, flush=True)
+    def try_load(self, i, rng):
+        """(clip, label), or None for a broken video, which is then marked and reported."""
+        try:
+            return self.load(i, rng), self.labels[i]
+        except VideoError as error:
+            if not self.broken[i]:
+                self.broken[i] = 1
+                if self.report:
+                    print(f"data: skipping broken video: {error}", file=sys.stderr, flush=True)
+            return None
 
-    def load(self, i):
+    def load(self, i, rng=None):
         path = self.videos[i]
         if self.train:
-            frames = read_clip(path, lambda n: train_clip_indices(n, self.num_frames, self.stride))
-            return train_transform(frames, self.size)
-        clips = read_clip(path, lambda n: multiview_clip_indices(n, self.num_frames, self.stride, self.clips))
-        return multiview_transform(clips, self.size, self.crops)
+            frames = read_clip(path, lambda n: train_clip_indices(n, self.num_frames, self.stride, rng))
+            return train_transform(frames, self.img_size, self.short_side, rng)
+        return test_views(path, self.num_frames, self.stride, self.img_size, self.clips, self.crops)
+
+
+def test_views(path, num_frames, stride, img_size, clips=10, crops=3):
+    """The multi-view test input of one video: (clips * crops, 3, T, img_size, img_size)."""
+    frames = read_clip(path, lambda n: multiview_clip_indices(n, num_frames, stride, clips))
+    return multiview_transform(frames, img_size, crops)
+
+
+def collate_readable(batch):
+    """A test batch without its broken videos (None items): (views, labels, number dropped); views and labels
+    are None when every video of the batch is broken."""
+    readable = [item for item in batch if item is not None]
+    return (*default_collate(readable), len(batch) - len(readable)) if readable else (None, None, len(batch))
+
+
+# -----------------------------------------------------------------------------
+# files: written whole or not at all
+
+
+def atomic_write(path, write, mode="wb"):
+    """write(f) into a temporary file beside `path`, flushed to disk, then renamed to `path`: a crash never
+    leaves half a file. Permissions follow the umask, as for any file the user creates."""
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=name + ".", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        os.unlink(tmp)
+        if isinstance(error, OSError):  # name the file being written, not the temporary one
+            raise OSError(error.errno, f"{path}: {(error.strerror or str(error)).lower()}") from None
+        raise
+
+
+def check_writable(path):
+    """Raises OSError now if `path` could not be written later (an unwritable folder, or a folder at `path`)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, "is a folder")
+    except OSError as error:
+        raise OSError(error.errno, f"{path}: cannot be written ({(error.strerror or str(error)).lower()})") from None
 
 
 # -----------------------------------------------------------------------------

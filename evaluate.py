@@ -1,14 +1,14 @@
-"""
-Evaluate video models trained by train.py, and benchmark what every variant costs.
+"""Test trained models, and measure what every variant costs.
 
-The multi-view test of the paper (Sec. 4.1): every video gives clips x crops views (10 temporal
-positions x 3 spatial crops = 30 by default); each view is classified, the softmax scores of the
-views of one video are averaged, and top-1 / top-5 accuracy is taken over videos.
+The multi-view test of the paper (Sec. 4.1): every video gives clips x crops views (10 temporal positions x 3
+spatial crops = 30 by default); each view is classified, the softmax scores of a video's views are averaged,
+and top-1 / top-5 accuracy is taken over the videos that can be decoded.
 
     python evaluate.py --checkpoint runs/synthetic-KV/best.pt --json runs/synthetic-KV/eval.json
-    python evaluate.py --checkpoint runs/KV/best.pt --data /path/to/k400 --annotations validate.csv
-    python evaluate.py --speed --json runs/speed.json      # forward+backward cost of all 16 variants
-    python evaluate.py --table runs/*/eval.json            # Markdown table from --json outputs
+    python evaluate.py --checkpoint runs/KV/best.pt --data k400 --annotations validate.csv
+    python evaluate.py --checkpoint runs/KV/best.pt --video clip.mp4    # the top-5 classes of one video
+    python evaluate.py --speed                     # step time, memory and FLOP utilisation of all 16 variants
+    python evaluate.py --table runs/*/eval.json    # a Markdown table of --json reports
 """
 import argparse
 import csv
@@ -18,199 +18,158 @@ import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import data
-import train
 import vit
 
-# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, matched against
-# torch.cuda.get_device_name(); first match wins, so the more specific names come first.
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, matched against the GPU's name; first
+# match wins, so the more specific names come first.
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
                     ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0)]
 
 
-class UserError(Exception):
-    """A problem with the command line or the files it names: reported as one line, no traceback."""
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.error = refuse
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--checkpoint", help="train.py checkpoint to test (e.g. runs/KV/best.pt)")
+    mode.add_argument("--speed", action="store_true", help="benchmark the cost of every variant")
+    mode.add_argument("--table", nargs="+", metavar="JSON", help="print a Markdown table of --json reports")
+    p.add_argument("--video", help="with --checkpoint: print the top-5 classes of this one video")
+    p.add_argument("--data", help="dataset root (default: the one the checkpoint was trained on)")
+    p.add_argument("--split", default="val", help="split folder under --data (default: val)")
+    p.add_argument("--annotations", help="Kinetics CSV or list file of the split")
+    p.add_argument("--clips", type=int, default=10, help="temporal positions per video (default 10)")
+    p.add_argument("--crops", type=int, default=3, help="spatial crops per clip (default 3)")
+    p.add_argument("--average", choices=("softmax", "logits"), default="softmax",
+                   help="how views are combined: softmax scores (default), or logits as the released code")
+    p.add_argument("--amp", choices=vit.AMP, default="auto", help="auto: bf16 on GPUs that have it; fp32 on CPU")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader processes")
+    p.add_argument("--json", help="write the report (test or speed) here as JSON")
+    p.add_argument("--per-class", help="write per-class accuracy here as CSV")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int,
+                   help="test: videos per forward (default 1); speed: clips per step (default 21 on a GPU, 2 on CPU)")
+    p.add_argument("--size", choices=vit.SIZES, help="speed: ViT size (default B/16 on a GPU, Ti/16 on CPU)")
+    p.add_argument("--img-size", type=int, help="speed: frame size (default 224 on a GPU, 112 on CPU)")
+    p.add_argument("--frames", type=int, default=8, help="speed: frames per clip (default 8)")
+    p.add_argument("--variants", nargs="+", choices=vit.VARIANTS, default=list(vit.VARIANTS),
+                   help="speed: variants to time against vit (default: all 16)")
+    p.add_argument("--heads", type=int, default=2, help="speed: heads MSCA shifts (default 2)")
+    p.add_argument("--patches", type=int, default=16, help="speed: patches pMSCA shifts (default 16)")
+    p.add_argument("--warmup", type=int, default=2, help="speed: untimed steps per variant")
+    p.add_argument("--repeats", type=int, default=10, help="speed: timed steps per variant")
+    p.add_argument("--peak-tflops", type=float, help="speed: the GPU's dense bf16 peak (default from its name)")
+    args = p.parse_args(argv)
+    for flag in ("clips", "crops", "batch_size", "img_size", "frames", "warmup", "repeats"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be a positive integer")
+    for path in (args.json, args.per_class):  # fail now, not after an hour of testing
+        if path:
+            data.check_writable(path)
+    return args
 
 
-def first_line(error):
-    lines = str(error).strip().splitlines()
-    return f"{error.__class__.__name__}: {lines[0] if lines else ''}"
+def refuse(message):
+    raise ValueError(message)
 
 
 # -----------------------------------------------------------------------------
-# multi-view scoring
-
-def video_scores(view_logits):
-    """(videos, views, classes) logits -> (videos, classes): softmax per view, then mean over views."""
-    return view_logits.float().softmax(dim=-1).mean(dim=1)
+# checkpoint -> model -> multi-view test
 
 
-def topk_hits(scores, labels, k):
-    """Bool (videos,): is the true label among the k highest scores? k is capped at the class count."""
-    k = min(k, scores.shape[1])
-    return (scores.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
-
-
-def per_class_rows(scores, labels, classes):
-    """One row per class: how many videos it has and its top-1 / top-5 accuracy in percent."""
-    top1, top5 = topk_hits(scores, labels, 1), topk_hits(scores, labels, 5)
-    rows = []
-    for index, name in enumerate(classes):
-        mine = labels == index
-        n = int(mine.sum())
-        rows.append({"class": name, "videos": n,
-                     "top1": 100.0 * float(top1[mine].float().mean()) if n else float("nan"),
-                     "top5": 100.0 * float(top5[mine].float().mean()) if n else float("nan")})
-    return rows
-
-
-class SkipBroken(torch.utils.data.Dataset):
-    """Yields None for a video that cannot be decoded, so that one bad file never stops a test run.
-
-    KineticsDataset's items replace a broken video by the next good one, which suits training but would
-    count that next video twice here; so each video is loaded by index and a broken one is dropped.
-    """
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        try:
-            return self.dataset.load(index), self.dataset.labels[index]
-        except data.VideoError as e:
-            self.dataset.mark_broken(index, e)  # data.py reports it once, with the file name
-            return None
-
-
-def collate_readable(batch):
-    """Drop the broken videos of a batch; returns (views, labels, number dropped)."""
-    readable = [item for item in batch if item is not None]
-    if not readable:
-        return None, None, len(batch)
-    views, labels = default_collate(readable)
-    return views, labels, len(batch) - len(readable)
+def load_model(path, device):
+    """The model a train.py checkpoint describes (`vit.build_model(**model_args)`), its weights, and the checkpoint."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--checkpoint {path}: no such file")
+    ckpt = vit.load_torch_file(path)
+    missing = [k for k in ("model", "model_args", "classes", "args") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"--checkpoint {path}: not a train.py checkpoint (no {', '.join(missing)})")
+    model = vit.build_model(**ckpt["model_args"])
+    return vit.load_state(model, ckpt["model"], path).to(device).eval(), ckpt
 
 
 @torch.no_grad()
-def predict_videos(model, dataset, *, device, batch_size=1, workers=0, label_map=None):
-    """Run the multi-view test over a KineticsDataset(train=False): load(i) gives (views, 3, T, S, S).
-
-    Returns (scores (videos, classes), labels (videos,), number of broken videos skipped).
-    label_map translates dataset label indices to the model's class indices.
-    """
-    model.eval()
-    loader = DataLoader(SkipBroken(dataset), batch_size=batch_size, num_workers=workers,
-                        collate_fn=collate_readable, pin_memory=device.type == "cuda")
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    all_scores, all_labels, skipped = [], [], 0
-    for views, labels, dropped in tqdm(loader, desc="test", unit="batch", dynamic_ncols=True):
+def predict_videos(model, dataset, *, device, amp_dtype=None, batch_size=1, workers=0, average="softmax"):
+    """The multi-view test over a KineticsDataset(train=False): (scores (videos, classes), labels, broken videos
+    skipped). Only the videos that can be decoded are scored and counted."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=data.collate_readable,
+                        pin_memory=device.type == "cuda")
+    scores, labels, skipped = [], [], 0
+    for views, label, dropped in tqdm(loader, desc="test", unit="batch", dynamic_ncols=True):
         skipped += dropped
-        if views is None:
-            continue
-        videos, num_views = views.shape[:2]
-        with amp:
-            logits = model(views.flatten(0, 1).to(device, non_blocking=True))
-        all_scores.append(video_scores(logits.view(videos, num_views, -1)).cpu())
-        all_labels.append(labels if label_map is None else label_map[labels])
-    if not all_scores:
-        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), skipped
-    return torch.cat(all_scores), torch.cat(all_labels), skipped
+        if views is not None:
+            with vit.autocast(device, amp_dtype):
+                scores.append(vit.video_scores(model, views.to(device, non_blocking=True), average).cpu())
+            labels.append(label)
+    if not scores:
+        raise ValueError(f"--data {dataset.root}: none of its {skipped} videos could be decoded")
+    return torch.cat(scores), torch.cat(labels), skipped
 
 
-# -----------------------------------------------------------------------------
-# checkpoint -> model -> report
-
-def load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise UserError(f"--checkpoint {path}: no such file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"--checkpoint {path}: not a readable torch checkpoint ({first_line(e)})")
-    missing = [k for k in ("model", "args", "classes") if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise UserError(f"--checkpoint {path}: not a train.py checkpoint (missing {', '.join(missing)})")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt, path):
-    try:
-        model = train.build_model(ckpt["args"], len(ckpt["classes"]))
-        model.load_state_dict(ckpt["model"])
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise UserError(f"--checkpoint {path}: cannot rebuild the model from its stored arguments ({first_line(e)})")
-    return model
-
-
-def label_map_for(dataset_classes, model_classes, root):
-    """Dataset label -> model output index, by class name (the split may hold fewer classes)."""
-    unknown = sorted(set(dataset_classes) - set(model_classes))
-    if unknown:
-        raise UserError(f"--data {root}: classes the checkpoint was not trained on: {', '.join(unknown[:5])}"
-                        + (" ..." if len(unknown) > 5 else ""))
-    return torch.tensor([model_classes.index(c) for c in dataset_classes])
-
-
-def per_class_csv(rows):
+def per_class_csv(scores, labels, classes):
+    """One row per class: how many videos it has and its top-1 / top-5 accuracy in percent."""
+    top1, top5 = vit.topk_hits(scores, labels, 1), vit.topk_hits(scores, labels, 5)
     out = io.StringIO()
-    writer = csv.DictWriter(out, ["class", "videos", "top1", "top5"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({**r, "top1": f"{r['top1']:.2f}", "top5": f"{r['top5']:.2f}"} for r in rows)
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["class", "videos", "top1", "top5"])
+    for index, name in enumerate(classes):
+        mine = labels == index
+        n = int(mine.sum())
+        writer.writerow([name, n] + [f"{100 * hits[mine].float().mean():.2f}" if n else "nan" for hits in (top1, top5)])
     return out.getvalue()
 
 
 def run_test(args, device):
-    ckpt = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(ckpt, args.checkpoint).to(device)
-    a = ckpt["args"]
-    root = args.data or a.get("data")
-    if not root or not os.path.isdir(root):
-        raise UserError(f"--data {root}: no such folder")
-    if args.annotations and not os.path.isfile(args.annotations):
-        raise UserError(f"--annotations {args.annotations}: no such file")
-    try:
-        dataset = data.KineticsDataset(root, args.split, train=False, annotations=args.annotations,
-                                       num_frames=a["frames"], stride=a["stride"], size=a["img_size"],
-                                       clips=args.clips, crops=args.crops)
-    except (ValueError, OSError) as e:
-        raise UserError(f"--data {root} --split {args.split}: {first_line(e)}")
-    label_map = label_map_for(dataset.classes, ckpt["classes"], root)
-
+    model, ckpt = load_model(args.checkpoint, device)
+    model_args, classes, stride = ckpt["model_args"], ckpt["classes"], ckpt["args"]["stride"]
+    amp_dtype = vit.amp_dtype(args.amp, device)
+    view_args = dict(num_frames=model_args["num_frames"], stride=stride, img_size=model_args["img_size"],
+                     clips=args.clips, crops=args.crops)
+    if args.video:
+        views = data.test_views(args.video, **view_args)
+        with torch.no_grad(), vit.autocast(device, amp_dtype):
+            scores = vit.video_scores(model, views[None].to(device), args.average)[0]
+        top = scores.topk(min(5, len(classes)))
+        for p, i in zip(top.values.tolist(), top.indices.tolist()):
+            print(f"{p:8.4f}  {classes[i]}" if args.average == "softmax" else f"{p:8.3f}  {classes[i]}")
+        return {"video": args.video, "top5": {classes[i]: p for p, i in zip(top.values.tolist(), top.indices.tolist())}}
+    root = args.data or ckpt["args"]["data"]
+    dataset = data.KineticsDataset(root, args.split, train=False, annotations=args.annotations, **view_args)
+    unknown = sorted(set(dataset.classes) - set(classes))
+    if unknown:
+        raise ValueError(f"--data {root}: classes the checkpoint was not trained on: {', '.join(unknown[:5])}")
     start = time.time()
-    scores, labels, skipped = predict_videos(model, dataset, device=device, batch_size=args.batch_size,
-                                             workers=args.workers, label_map=label_map)
-    if len(labels) == 0:
-        raise UserError(f"--data {root}: none of the {skipped} videos of split {args.split!r} could be read")
-    report = {
-        "top1": 100.0 * float(topk_hits(scores, labels, 1).float().mean()),
-        "top5": 100.0 * float(topk_hits(scores, labels, 5).float().mean()),
-        "views": args.clips * args.crops, "clips": args.clips, "crops": args.crops,
-        "videos": len(labels), "skipped": skipped, "variant": a["variant"],
-        "checkpoint": args.checkpoint, "epoch": ckpt.get("epoch"), "data": root, "split": args.split,
-        "classes": len(ckpt["classes"]), "size": a["size"], "img_size": a["img_size"],
-        "frames": a["frames"], "seconds": round(time.time() - start, 1),
-    }
-    print(f"{a['variant']}: top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  over {report['videos']} "
-          f"videos x {report['views']} views ({skipped} broken videos skipped)")
+    scores, labels, skipped = predict_videos(model, dataset, device=device, amp_dtype=amp_dtype,
+                                             batch_size=args.batch_size or 1, workers=args.workers,
+                                             average=args.average)
+    labels = torch.tensor([classes.index(c) for c in dataset.classes])[labels]  # the split may hold fewer classes
+    report = {"top1": 100.0 * vit.topk_hits(scores, labels, 1).float().mean().item(),
+              "top5": 100.0 * vit.topk_hits(scores, labels, 5).float().mean().item() if len(classes) > 5 else None,
+              "views": args.clips * args.crops, "clips": args.clips, "crops": args.crops, "average": args.average,
+              "videos": len(labels), "skipped": skipped, "variant": model_args["variant"],
+              "checkpoint": args.checkpoint, "epoch": ckpt.get("epoch"), "data": root, "split": args.split,
+              "model_args": model_args, "seconds": round(time.time() - start, 1)}
+    top5 = f"top-5 {report['top5']:.2f}%" if report["top5"] is not None else f"(top-5 is moot with {len(classes)} classes)"
+    print(f"{report['variant']}: top-1 {report['top1']:.2f}%  {top5}  over {report['videos']} videos x "
+          f"{report['views']} views ({skipped} broken videos skipped)")
     if args.json:
-        train.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+        data.atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2) + "\n"), "w")
     if args.per_class:
-        train.atomic_write_text(args.per_class, per_class_csv(per_class_rows(scores, labels, ckpt["classes"])))
+        data.atomic_write(args.per_class, lambda f: f.write(per_class_csv(scores, labels, classes)), "w")
     return report
 
 
 # -----------------------------------------------------------------------------
 # cost benchmark
+
 
 def train_flops(model, frames, img_size, batch_size, num_classes):
     """Matmul FLOPs of one forward+backward step, counted analytically (2 FLOPs per multiply-add).
@@ -218,48 +177,43 @@ def train_flops(model, frames, img_size, batch_size, num_classes):
     Per frame, with L = N + 1 tokens of width D, patch size P and MLP width M:
       patch embedding 2*N*3P^2*D, and per block 2*L*D*3D (qkv) + 2*L*L*D (QK^T) + 2*L*L*D (AV)
       + 2*L*D*D (proj) + 2*L*D*M*2 (MLP) + 2*D*C (head, on every frame's class token).
-    Backward costs twice the forward.
-    MSCA only changes which frame a head's K/V/Q come from and TokenShift moves a few channels,
-    so this count is the same for every variant; what the timings show is the real overhead.
+    Backward costs twice the forward. MSCA only changes which frame some heads/tokens come from and TokenShift
+    moves a few channels, so the count is the same for every variant; the timings show the real overhead.
     """
     state = model.state_dict()
-    width = state["cls_token"].shape[-1]
-    patch = state["patch_embed.proj.weight"].shape[-1]
-    mlp = state["blocks.0.mlp.fc1.weight"].shape[0]
-    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    width, patch = state["cls_token"].shape[-1], state["patch_embed.proj.weight"].shape[-1]
+    mlp, depth = state["blocks.0.mlp.fc1.weight"].shape[0], len(model.blocks)
     n = (img_size // patch) ** 2
     tokens = n + 1
     block = 2 * tokens * width * 3 * width + 4 * tokens * tokens * width + 2 * tokens * width * width \
         + 4 * tokens * width * mlp
-    forward = frames * (2 * n * 3 * patch * patch * width + depth * block + 2 * width * num_classes)
-    return 3 * forward * batch_size
+    return 3 * batch_size * frames * (2 * n * 3 * patch * patch * width + depth * block + 2 * width * num_classes)
 
 
-def train_step(model, video, labels, amp):
+def train_step(model, video, labels, amp_dtype):
     model.zero_grad(set_to_none=True)
-    with amp:
+    with vit.autocast(video.device, amp_dtype):
         loss = F.cross_entropy(model(video).float(), labels)
     loss.backward()
 
 
-def timed_step(model, video, labels, amp, device):
-    """Seconds of one forward+backward step and, on a GPU, the peak bytes it allocated."""
-    cuda = device.type == "cuda"
+def timed_step(model, video, labels, amp_dtype):
+    """Seconds of one forward+backward step and, on a GPU, the peak bytes it allocated beyond the weights."""
+    cuda = video.device.type == "cuda"
+    model.zero_grad(set_to_none=True)
     if cuda:
         torch.cuda.synchronize()
-        model.zero_grad(set_to_none=True)
         torch.cuda.reset_peak_memory_stats()
-        resident = torch.cuda.memory_allocated()
+    resident = torch.cuda.memory_allocated() if cuda else 0
     start = time.perf_counter()
-    train_step(model, video, labels, amp)
+    train_step(model, video, labels, amp_dtype)
     if cuda:
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return seconds, (torch.cuda.max_memory_allocated() - resident) if cuda else None
+    return time.perf_counter() - start, torch.cuda.max_memory_allocated() - resident if cuda else None
 
 
-def saved_activation_bytes(model, video, labels, amp):
-    """Bytes autograd keeps for the backward pass (activations), counted exactly on any device."""
+def saved_activation_bytes(model, video, labels, amp_dtype):
+    """Bytes autograd keeps for the backward pass (each storage counted once, weights not), on any device."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages = {}
 
@@ -270,42 +224,29 @@ def saved_activation_bytes(model, video, labels, amp):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        train_step(model, video, labels, amp)
+        train_step(model, video, labels, amp_dtype)
     return sum(storages.values())
 
 
-def peak_tflops_for(device_name):
-    for key, tflops in PEAK_BF16_TFLOPS:
-        if key in device_name:
-            return tflops
-    return None
-
-
-def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patches, device,
+def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patches, device, amp_dtype=None,
                     warmup=2, repeats=10, num_classes=400, peak_tflops=None):
-    """Forward+backward cost of every variant, measured round-robin so drift hits all of them alike.
-
-    Returns one dict per variant with the median step time, clips/s, activation memory, and ratios
-    to the first variant (vit).
-    """
+    """Forward+backward cost of every variant against the first (vit), measured round-robin so that drift hits
+    all of them alike: median step time, clips/s, saved activations, peak memory (GPU), TFLOP/s, MFU."""
     torch.manual_seed(0)
     models = {v: vit.build_model(v, num_classes, frames, size=size, img_size=img_size, heads=heads,
                                  patches=patches).to(device).train() for v in variants}
     video = torch.rand(batch_size, 3, frames, img_size, img_size, device=device) * 2 - 1
     labels = torch.randint(num_classes, (batch_size,), device=device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-    saved = {v: saved_activation_bytes(models[v], video, labels, amp) for v in variants}
+    saved = {v: saved_activation_bytes(models[v], video, labels, amp_dtype) for v in variants}
     for _ in tqdm(range(warmup), desc="warm-up", dynamic_ncols=True):
         for v in variants:
-            train_step(models[v], video, labels, amp)
+            train_step(models[v], video, labels, amp_dtype)
     times, peaks = {v: [] for v in variants}, {v: 0 for v in variants}
     for r in tqdm(range(repeats), desc="timing", dynamic_ncols=True):
         for v in variants[r % len(variants):] + variants[:r % len(variants)]:  # rotated: no variant always first
-            seconds, peak = timed_step(models[v], video, labels, amp, device)
+            seconds, peak = timed_step(models[v], video, labels, amp_dtype)
             times[v].append(seconds)
             peaks[v] = max(peaks[v], peak or 0)
-
     flops = train_flops(models[variants[0]], frames, img_size, batch_size, num_classes)
     base = variants[0]
     rows = []
@@ -313,11 +254,9 @@ def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patc
         step = statistics.median(times[v])
         row = {"variant": v, "step_ms": 1000 * step, "ratio": step / statistics.median(times[base]),
                "clips_per_s": batch_size / step, "activation_mib": saved[v] / 2**20,
-               "activation_ratio": saved[v] / saved[base], "gflop_per_step": flops / 1e9,
-               "tflops": flops / step / 1e12}
+               "activation_ratio": saved[v] / saved[base], "tflops": flops / step / 1e12}
         if device.type == "cuda":
-            row["peak_mib"] = peaks[v] / 2**20
-            row["peak_ratio"] = peaks[v] / peaks[base]
+            row.update(peak_mib=peaks[v] / 2**20, peak_ratio=peaks[v] / peaks[base])
         if peak_tflops:
             row["mfu"] = row["tflops"] / peak_tflops
         rows.append(row)
@@ -326,135 +265,74 @@ def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patc
 
 def speed_table(rows):
     cols = [("variant", "variant", "{}"), ("step ms", "step_ms", "{:.1f}"), ("x ViT", "ratio", "{:.3f}"),
-            ("clips/s", "clips_per_s", "{:.1f}"), ("activations MiB", "activation_mib", "{:.1f}"),
-            ("x ViT", "activation_ratio", "{:.3f}")]
-    if "peak_mib" in rows[0]:
-        cols += [("peak MiB", "peak_mib", "{:.0f}"), ("x ViT", "peak_ratio", "{:.3f}")]
-    cols += [("TFLOP/s", "tflops", "{:.3f}")]
-    if "mfu" in rows[0]:
-        cols += [("MFU", "mfu", "{:.1%}")]
+            ("clips/s", "clips_per_s", "{:.1f}"), ("saved activations MiB", "activation_mib", "{:.1f}"),
+            ("x ViT", "activation_ratio", "{:.3f}"), ("peak MiB", "peak_mib", "{:.0f}"), ("x ViT", "peak_ratio", "{:.3f}"),
+            ("TFLOP/s", "tflops", "{:.1f}"), ("MFU", "mfu", "{:.1%}")]
+    cols = [c for c in cols if c[1] in rows[0]]
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt.format(r[key]) for _, key, fmt in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(fmt.format(r[key]) for _, key, fmt in cols) + " |" for r in rows])
 
 
 def run_speed(args, device):
     cuda = device.type == "cuda"
-    # the paper's B/16 at 224 on a GPU; on a CPU a small model so all 16 variants take about a minute
-    size = args.size or ("B/16" if cuda else "Ti/16")
-    img_size = args.img_size or (224 if cuda else 112)
-    batch_size = args.batch_size or (8 if cuda else 2)
+    # on a GPU the paper's B/16 at 224 px with its 21 clips per GPU; on a CPU a small model, about a minute
+    size, img_size = args.size or ("B/16" if cuda else "Ti/16"), args.img_size or (224 if cuda else 112)
+    batch_size = args.batch_size or (21 if cuda else 2)
+    amp_dtype = vit.amp_dtype(args.amp, device)
     device_name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    peak = args.peak_tflops or (peak_tflops_for(device_name) if cuda else None)
-    try:
-        rows = benchmark_speed(["vit"] + [v for v in args.variants if v != "vit"], size=size, img_size=img_size, frames=args.frames,
-                               batch_size=batch_size, heads=args.heads, patches=args.patches, device=device,
-                               warmup=args.warmup, repeats=args.repeats, peak_tflops=peak)
-    except ValueError as e:
-        raise UserError(f"--speed: {first_line(e)}")
-    precision = "bf16 autocast" if cuda else "fp32"
-    title = (f"{device_name}, {size} at {img_size}px, {args.frames} frames, batch {batch_size}, {precision}, "
-             f"median of {args.repeats} interleaved forward+backward steps"
-             + (f", MFU against {peak:g} TFLOP/s" if peak else ""))
-    print(title)
-    print(speed_table(rows))
+    peak = args.peak_tflops or next((t for name, t in PEAK_BF16_TFLOPS if cuda and name in device_name), None)
+    rows = benchmark_speed(["vit"] + [v for v in args.variants if v != "vit"], size=size, img_size=img_size,
+                           frames=args.frames, batch_size=batch_size, heads=args.heads, patches=args.patches,
+                           device=device, amp_dtype=amp_dtype, warmup=args.warmup, repeats=args.repeats,
+                           peak_tflops=peak)
+    precision = f"{amp_dtype} autocast" if amp_dtype else "fp32"
+    title = (f"{device_name}, torch {torch.__version__}, {size} at {img_size} px, {args.frames} frames, batch "
+             f"{batch_size}, {precision}, median of {args.repeats} interleaved forward+backward steps"
+             + (f", MFU against a dense bf16 peak of {peak:g} TFLOP/s" if peak else ""))
+    print(title, speed_table(rows), sep="\n")
     worst = max(rows, key=lambda r: r["ratio"])
-    print(f"slowest relative to vit: {worst['variant']} at {worst['ratio']:.3f}x "
-          f"({'within' if worst['ratio'] <= 1.05 else 'over'} the 1.05x goal)")
+    print(f"slowest relative to vit: {worst['variant']} at {worst['ratio']:.3f}x; most activations: "
+          f"{max(r['activation_ratio'] for r in rows):.3f}x vit")
     if args.json:
-        report = {"device": device_name, "size": size, "img_size": img_size, "frames": args.frames,
-                  "batch_size": batch_size, "precision": precision, "repeats": args.repeats,
-                  "peak_tflops": peak, "rows": rows}
-        train.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+        report = {"title": title, "device": device_name, "size": size, "img_size": img_size, "frames": args.frames,
+                  "batch_size": batch_size, "precision": precision, "peak_tflops": peak, "rows": rows}
+        data.atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2) + "\n"), "w")
     return rows
 
 
-# -----------------------------------------------------------------------------
-# results table from --json files
-
 def results_table(paths):
+    """A Markdown table of evaluate.py --json test reports."""
     lines = ["| variant | top-1 % | top-5 % | videos | views | skipped | checkpoint (epoch) |",
              "|---|---|---|---|---|---|---|"]
     for path in paths:
         try:
             with open(path) as f:
                 r = json.load(f)
-            lines.append(f"| {r['variant']} | {r['top1']:.1f} | {r['top5']:.1f} | {r['videos']} | {r['views']} "
+            top5 = "-" if r["top5"] is None else f"{r['top5']:.1f}"
+            lines.append(f"| {r['variant']} | {r['top1']:.1f} | {top5} | {r['videos']} | {r['views']} "
                          f"| {r['skipped']} | {r['checkpoint']} ({r.get('epoch')}) |")
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"--table {path}: not an evaluate.py --json report ({first_line(e)})")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"--table {path}: not an evaluate.py --json report ({type(error).__name__})") from None
     return "\n".join(lines)
 
 
-# -----------------------------------------------------------------------------
-# command line
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, without argparse's usage dump
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
-
-
-def parse_args(argv=None):
-    p = Parser(prog="evaluate.py", description=__doc__.split("\n\n")[0].strip())
-    mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--checkpoint", help="train.py checkpoint to test (e.g. runs/kv/best.pt)")
-    mode.add_argument("--speed", action="store_true", help="benchmark the cost of all variants")
-    mode.add_argument("--table", nargs="+", metavar="JSON", help="print a Markdown table of --json reports")
-    p.add_argument("--data", help="dataset root (default: the one the checkpoint was trained on)")
-    p.add_argument("--split", default="val", help="split folder under --data (default: val)")
-    p.add_argument("--annotations", help="annotation CSV for the split (Kinetics layout)")
-    p.add_argument("--clips", type=positive_int, default=10, help="temporal positions per video (default 10)")
-    p.add_argument("--crops", type=positive_int, default=3, help="spatial crops per clip (default 3)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader processes")
-    p.add_argument("--json", help="write the report here as JSON")
-    p.add_argument("--per-class", help="write per-class accuracy here as CSV")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-size", type=positive_int,
-                   help="test: videos per forward (default 1); speed: clips per step (default 8 GPU, 2 CPU)")
-    p.add_argument("--size", choices=["Ti/16", "S/16", "B/16", "L/16"], help="speed: ViT size (B/16 GPU, Ti/16 CPU)")
-    p.add_argument("--img-size", type=positive_int, help="speed: frame size (default 224 GPU, 112 CPU)")
-    p.add_argument("--frames", type=positive_int, default=8, help="speed: frames per clip (default 8)")
-    p.add_argument("--variants", nargs="+", choices=vit.VARIANTS, default=list(vit.VARIANTS),
-                   help="speed: variants to time against vit (default: all 16)")
-    p.add_argument("--heads", type=positive_int, default=2, help="speed: heads MSCA shifts (default 2)")
-    p.add_argument("--patches", type=positive_int, default=16, help="speed: patches pMSCA shifts (default 16)")
-    p.add_argument("--warmup", type=positive_int, default=2, help="speed: untimed steps per variant")
-    p.add_argument("--repeats", type=positive_int, default=10, help="speed: timed steps per variant")
-    p.add_argument("--peak-tflops", type=float, help="speed: GPU peak for MFU (default from the GPU name)")
-    args = p.parse_args(argv)
-    if args.workers < 0:
-        p.error(f"--workers {args.workers}: must be 0 or more")
-    return args
-
-
 def main(argv=None):
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         if args.table:
             print(results_table(args.table))
-            return
+            return None
         try:
             device = torch.device(args.device)
             torch.empty(0, device=device)
-        except (RuntimeError, AssertionError) as e:
-            raise UserError(f"--device {args.device}: not usable ({first_line(e)})")
-        if args.speed:
-            return run_speed(args, device)
-        if args.batch_size is None:
-            args.batch_size = 1
-        return run_test(args, device)
-    except UserError as e:
-        sys.exit(f"evaluate.py: error: {e}")
+        except (RuntimeError, AssertionError) as error:
+            raise ValueError(f"--device {args.device}: not usable ({str(error).splitlines()[0]})") from None
+        return run_speed(args, device) if args.speed else run_test(args, device)
+    except (ValueError, OSError, data.VideoError) as error:
+        print(f"evaluate.py: error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)  # a worker's error
+        sys.exit(2)  # ends with its message
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

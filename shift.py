@@ -1,79 +1,71 @@
 """Temporal shifts along the frame axis, as in TSM, TokenShift (eq. 4-9) and MSCA (eq. 17-23).
 
-Every tensor here has a frame axis T (axis 1: `(B, T, ...)`) and a "slot" axis along which the shift is
-chosen: channels of the class token for TokenShift, heads or tokens for MSCA. The first `n_back` slots
-of frame t take their value from frame t-1, the next `n_fwd` from frame t+1, the rest stay. Where the
-neighbour does not exist (t=1 backward, t=T forward) the shifted part is zero, as in TSM and TokenShift.
+Every tensor here is `(B, T, ...)`, frames on axis 1. A shift makes some "slots" of frame t (channels of the class
+token for TokenShift; heads or tokens of Q, K, V for MSCA) hold frame t-1 or frame t+1 instead. A slot is an index
+tuple over the axes after T, e.g. `(0, slice(0, 192))` = token 0, channels 0..191. A clip has no frame before its
+first or after its last one: there the shifted slots are zero, as in TSM and TokenShift.
+
+Two layouts of the slots: "paper" as the text writes it (eq. 8, 17, 21: the first slots from t-1, the next from
+t+1) and "released" as the authors' released code runs it (see TokenShift here and attention.shifted_slots).
 """
 import torch
 from torch import nn
 
-TIME_DIM = 1
+LAYOUTS = ("paper", "released")
+EVERY = slice(None)
 
 
-def temporal_shift(x: torch.Tensor, dim: int, n_back: int, n_fwd: int) -> torch.Tensor:
-    """Shift slots [0, n_back) of axis `dim` from frame t-1 and [n_back, n_back+n_fwd) from t+1.
-
-    x: (B, T, ...) with the frame axis at 1. Returns a new tensor of the same shape (x itself when nothing
-    is shifted); x is not modified.
-    """
-    if n_back == 0 and n_fwd == 0:
-        return x
-    dim = dim % x.dim()
-    if dim == TIME_DIM:
-        raise ValueError("temporal_shift: the slot axis cannot be the frame axis (1)")
-    if n_back < 0 or n_fwd < 0 or n_back + n_fwd > x.size(dim):
-        raise ValueError(f"temporal_shift: cannot shift {n_back}+{n_fwd} of {x.size(dim)} slots along axis {dim}")
-    return TemporalShift.apply(x, dim, n_back, n_fwd)
-
-
-class TemporalShift(torch.autograd.Function):
-    """The shift with its own backward: the gradient of "slot s of frame t takes frame t-1" is "slot s of
-    frame t sends to t+1", i.e. the same shift with the directions swapped. One pass over memory each way;
-    autograd through the slices would allocate and sum a full-size gradient per slice."""
-
-    @staticmethod
-    def forward(ctx, x, dim, n_back, n_fwd):
-        ctx.shift = dim, n_back, n_fwd
-        return shifted_copy(x, dim, n_back, n_fwd, back=-1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        dim, n_back, n_fwd = ctx.shift
-        return shifted_copy(grad, dim, n_back, n_fwd, back=+1), None, None, None
-
-
-def shifted_copy(x: torch.Tensor, dim: int, n_back: int, n_fwd: int, back: int) -> torch.Tensor:
-    """Slots [0, n_back) of frame t take frame t+back, slots [n_back, n_back+n_fwd) frame t-back, zeros where
-    that frame does not exist; the rest is copied. Written slice by slice into one new tensor."""
-    out = torch.empty_like(x)
-    frames, kept = x.size(TIME_DIM), x.size(dim) - n_back - n_fwd
-
-    def part(t, start, length, frame_start, frame_len):
-        return t.narrow(dim, start, length).narrow(TIME_DIM, frame_start, frame_len)
-
-    part(out, n_back + n_fwd, kept, 0, frames).copy_(part(x, n_back + n_fwd, kept, 0, frames))
-    for start, length, offset in ((0, n_back, back), (n_back, n_fwd, -back)):  # offset: source frame - t
-        hit, lost = (1, 0) if offset < 0 else (0, frames - 1)  # T-1 frames from `hit` on have a source
-        part(out, start, length, hit, frames - 1).copy_(part(x, start, length, hit + offset, frames - 1))
-        part(out, start, length, lost, 1).zero_()
+def shifted_copy(x: torch.Tensor, from_previous, from_next) -> torch.Tensor:
+    """A copy of x in which the slots `from_previous` of frame t hold frame t-1, those `from_next` frame t+1."""
+    out = x.clone()
+    for slots in from_previous:
+        out[EVERY, 1:, *slots] = x[EVERY, :-1, *slots]  # frame t takes frame t-1,
+        out[EVERY, 0, *slots] = 0  # and the first frame has none
+    for slots in from_next:
+        out[EVERY, :-1, *slots] = x[EVERY, 1:, *slots]  # frame t takes frame t+1,
+        out[EVERY, -1, *slots] = 0  # and the last frame has none
     return out
 
 
-class TokenShift(nn.Module):
-    """TokenShift's shift module (eq. 8-9): only the class token (token 0) is shifted.
+class TemporalShift(torch.autograd.Function):
+    """shifted_copy with its own backward. If slot s of frame t holds frame t-1, the gradient of slot s of frame
+    t-1 is that of frame t: the same shift in the other direction. One copy each way, where autograd through
+    the slices would allocate and add up a full-size gradient per slice."""
 
-    Channels [0, D_b) of the class token come from frame t-1, [D_b, D_b + D_f) from t+1, the rest and
-    all patch tokens pass through. D_b = D_f = D // shift_div (shift_div=4 as in the TokenShift paper).
+    @staticmethod
+    def forward(ctx, x, from_previous, from_next):
+        ctx.slots = from_previous, from_next
+        return shifted_copy(x, from_previous, from_next)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from_previous, from_next = ctx.slots
+        return shifted_copy(grad, from_next, from_previous), None, None
+
+
+def temporal_shift(x: torch.Tensor, from_previous=(), from_next=()) -> torch.Tensor:
+    """x itself when nothing moves, else a new tensor; x is never modified."""
+    if not from_previous and not from_next:
+        return x
+    return TemporalShift.apply(x, tuple(from_previous), tuple(from_next))
+
+
+class TokenShift(nn.Module):
+    """TokenShift's shift module (eq. 8-9): some channels of the class token (token 0) move, nothing else.
+
+    D // shift_div channels each way (shift_div 4 as in TokenShift: D/4 from t-1, D/4 from t+1).
+    "paper" (eq. 8): channels [0, D/4) from t-1, [D/4, D/2) from t+1. "released": the same channels, the other
+    way round ([0, D/4) from t+1, [D/4, D/2) from t-1), as TokenShift's code and so the paper's numbers ran it.
     """
 
-    def __init__(self, dim: int, shift_div: int = 4):
+    def __init__(self, dim: int, shift_div: int = 4, layout: str = "paper"):
         super().__init__()
-        self.n_back = self.n_fwd = dim // shift_div
+        n = dim // shift_div
+        first, second = [(0, slice(0, n))], [(0, slice(n, 2 * n))]
+        self.from_previous, self.from_next = (first, second) if layout == "paper" else (second, first)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, N+1, D)
-        cls = temporal_shift(x[:, :, :1], dim=3, n_back=self.n_back, n_fwd=self.n_fwd)  # eq. 8
-        return torch.cat([cls, x[:, :, 1:]], dim=2)  # eq. 9
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, T, N+1, D)
+        return temporal_shift(z, self.from_previous, self.from_next)  # eq. 8; the other tokens pass (eq. 9)
 
     def extra_repr(self) -> str:
-        return f"n_back={self.n_back}, n_fwd={self.n_fwd}"
+        return f"from t-1: {self.from_previous}, from t+1: {self.from_next}"

@@ -10,6 +10,7 @@ Parameter names follow timm's `vision_transformer.py` (`patch_embed.proj`, `cls_
 `load_pretrained` also reads Google's original ImageNet-21k `.npz` checkpoints.
 """
 import math
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -17,10 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from einops.layers.torch import Rearrange
 from torch import nn
 
 from attention import MSCA_VARIANTS, NO_SHIFT, Attention, CrossAttentionShift
-from shift import TokenShift
+from shift import LAYOUTS, TokenShift
 
 PATCH_SIZE = 16
 SIZES = {  # name: (embedding dim D, heads h, blocks)
@@ -33,39 +35,17 @@ VARIANTS = ("vit", "tokenshift") + MSCA_VARIANTS
 LAYER_NORM_EPS = 1e-6  # as in the original ViT; PyTorch's default 1e-5 would not match the weights
 
 
-class PatchEmbed(nn.Module):
-    """Cuts each frame into P x P patches and embeds them: x_0^i E of eq. 1 (a stride-P convolution)."""
-
-    def __init__(self, dim: int, patch_size: int = PATCH_SIZE):
-        super().__init__()
-        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return rearrange(self.proj(frames), "bt d gh gw -> bt (gh gw) d")
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class Block(nn.Module):
     """A pre-norm encoder block on `(B, T, N+1, D)`; the block kind is chosen by its two shift settings."""
 
     def __init__(self, dim: int, num_heads: int, attn_shift: CrossAttentionShift = NO_SHIFT,
-                 token_shift_div: Optional[int] = None):
+                 token_shift: Optional[TokenShift] = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.attn = Attention(dim, num_heads, attn_shift)
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.mlp = Mlp(dim, 4 * dim)
-        self.token_shift = nn.Identity() if token_shift_div is None else TokenShift(dim, token_shift_div)
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, 4 * dim), act=nn.GELU(), fc2=nn.Linear(4 * dim, dim)))
+        self.token_shift = token_shift or nn.Identity()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = self.token_shift(z)  # eq. 4 (identity unless TokenShift)
@@ -78,16 +58,17 @@ class VideoViT(nn.Module):
     """Frame-wise ViT: every frame goes through the encoder, its class token through the head, and the
     frame scores are averaged over time (the "ViT" baseline of the paper, and TokenShift/MSCA on top)."""
 
-    def __init__(self, num_classes: int, num_frames: int, dim: int, depth: int, num_heads: int,
-                 img_size: int, attn_shifts: list, token_shift_div: Optional[int] = None):
+    def __init__(self, num_classes: int, dim: int, num_heads: int, img_size: int, attn_shifts: list,
+                 token_shift: Optional[TokenShift] = None):
         super().__init__()
-        self.num_frames = num_frames  # the clip length it is trained with; any T works in forward
         self.img_size = img_size
         num_patches = (img_size // PATCH_SIZE) ** 2
-        self.patch_embed = PatchEmbed(dim)
+        # x_0^i E of eq. 1 for every P x P patch: a stride-P convolution, then the patches as tokens
+        self.patch_embed = nn.Sequential(OrderedDict(proj=nn.Conv2d(3, dim, PATCH_SIZE, stride=PATCH_SIZE),
+                                                     tokens=Rearrange("bt d gh gw -> bt (gh gw) d")))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
-        self.blocks = nn.ModuleList(Block(dim, num_heads, shift, token_shift_div) for shift in attn_shifts)
+        self.blocks = nn.ModuleList(Block(dim, num_heads, shift, token_shift) for shift in attn_shifts)
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.head = nn.Linear(dim, num_classes)
         self.init_weights()
@@ -120,20 +101,25 @@ class VideoViT(nn.Module):
 
 def build_model(variant: str, num_classes: int, num_frames: int = 8, *, size: str = "B/16",
                 img_size: int = 224, heads: int = 2, patches: int = 16, msca_blocks: Optional[int] = None,
-                shift_div: int = 4) -> VideoViT:
-    """The video model of the paper.
+                shift_div: int = 4, shift_layout: str = "paper") -> VideoViT:
+    """The video model of the paper. Checkpoints store these arguments as `model_args`.
 
     variant: "vit", "tokenshift", or an MSCA variant: "Q" "K" "V" "QK" "KV" "QV" "QKV" (shift along heads)
         and "pQ" ... "pQKV" (shift along patches).
+    num_frames: the clip length T the model is trained and tested with (the network itself takes any T).
     heads: heads shifted in total along the head axis (2 -> h_b = h_f = 1, the paper's best).
     patches: tokens shifted in total along the patch axis (16 -> N_b = N_f = 8; token 0 is CLS).
     msca_blocks: MSCA in the last k blocks only, plain MSA before (Table 3); None = all blocks.
     shift_div: TokenShift shifts D // shift_div class-token channels each way (4: D/4 back, D/4 forward).
+    shift_layout: "paper" (the text's equations) or "released" (the authors' code, which gave the paper's
+        numbers): which heads and which TokenShift channels look back and which forward (see shift.py).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    if shift_layout not in LAYOUTS:
+        raise ValueError(f"unknown shift_layout {shift_layout!r}; choose one of {', '.join(LAYOUTS)}")
     if not isinstance(img_size, int) or img_size < PATCH_SIZE or img_size % PATCH_SIZE:
         raise ValueError(f"img_size={img_size!r}: must be a positive multiple of the patch size {PATCH_SIZE}")
     if num_classes < 1 or num_frames < 1:
@@ -141,19 +127,46 @@ def build_model(variant: str, num_classes: int, num_frames: int = 8, *, size: st
     dim, num_heads, depth = SIZES[size]
     num_tokens = (img_size // PATCH_SIZE) ** 2 + 1
 
-    attn_shifts, token_shift_div = [NO_SHIFT] * depth, None
+    attn_shifts, token_shift = [NO_SHIFT] * depth, None
     if variant == "tokenshift":
         if not isinstance(shift_div, int) or shift_div < 1:
             raise ValueError(f"shift_div={shift_div!r}: must be an integer >= 1 (D // shift_div channels each way)")
-        token_shift_div = shift_div
+        token_shift = TokenShift(dim, shift_div, shift_layout)
     elif variant in MSCA_VARIANTS:
         k = depth if msca_blocks is None else msca_blocks
         if not isinstance(k, int) or not 0 <= k <= depth:
             raise ValueError(f"msca_blocks={msca_blocks!r}: must be None (all) or an integer 0..{depth}")
         msca = CrossAttentionShift.from_variant(variant, heads=heads, patches=patches, num_heads=num_heads,
-                                                num_tokens=num_tokens)
+                                                num_tokens=num_tokens, layout=shift_layout)
         attn_shifts = [NO_SHIFT] * (depth - k) + [msca] * k
-    return VideoViT(num_classes, num_frames, dim, depth, num_heads, img_size, attn_shifts, token_shift_div)
+    return VideoViT(num_classes, dim, num_heads, img_size, attn_shifts, token_shift)
+
+
+AMP = ("auto", "bf16", "fp16", "off")
+
+
+def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The one mixed-precision rule: auto = bf16 on GPUs that have it, else fp16 (train with loss scaling);
+    fp32 (None) on a CPU, where autocast is slower. bf16/fp16 force it, on a CPU too."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16 if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()) else torch.float16
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def video_scores(model: nn.Module, views: torch.Tensor, average: str = "softmax") -> torch.Tensor:
+    """(videos, views, 3, T, H, W) -> (videos, classes): the views' softmax scores averaged (the multi-view test
+    of Sec. 4.1), or their logits averaged (average="logits", as the authors' released code does)."""
+    logits = model(views.flatten(0, 1)).float().unflatten(0, views.shape[:2])
+    return (logits if average == "logits" else logits.softmax(-1)).mean(1)
+
+
+def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool (videos,): is the true label among the k highest scores? k is capped at the class count."""
+    return (scores.topk(min(k, scores.size(1)), dim=1).indices == labels[:, None]).any(dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -172,8 +185,40 @@ def load_pretrained(model: VideoViT, path, log: Callable[[str], None] = print) -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    state = read_checkpoint(path)
-    model.load_state_dict(fit_to_model(model, state, path, log))
+    expected = model.state_dict()
+    state = {k: v for k, v in read_checkpoint(path).items() if k in expected}
+    pos, want = state.get("pos_embed"), expected["pos_embed"]
+    if pos is not None and pos.shape != want.shape and pos.shape[-1] == want.shape[-1]:  # other width: shape error
+        state["pos_embed"] = resize_pos_embed(pos, want.shape, path)
+    if not all(k in state and state[k].shape == expected[k].shape for k in ("head.weight", "head.bias")):
+        num_classes = state["head.weight"].shape[0] if "head.weight" in state else "no"
+        log(f"{path.name}: checkpoint head has {num_classes} classes, model has {expected['head.weight'].shape[0]}: "
+            "head initialised to zeros")
+        state["head.weight"] = torch.zeros_like(expected["head.weight"])
+        state["head.bias"] = torch.zeros_like(expected["head.bias"])
+    return load_state(model, state, path)
+
+
+def load_torch_file(path) -> object:
+    """torch.load in its safe mode (tensors and plain containers only); a damaged or foreign file is one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling errors carry a page of advice; the kind of error is what matters
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__})") from None
+
+
+def load_state(model: nn.Module, state: dict, path) -> nn.Module:
+    """load_state_dict, with an error that names the keys that are missing, unexpected or of other shapes."""
+    expected = model.state_dict()
+    problems = {"missing": [k for k in expected if k not in state],
+                "unexpected": [k for k in state if k not in expected],
+                "with other shapes": [f"{k} {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                                      for k, v in state.items() if k in expected and v.shape != expected[k].shape]}
+    found = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+             for what, keys in problems.items() if keys]
+    if found:
+        raise CheckpointError(f"{path}: does not fit the model: keys {'; '.join(found)}")
+    model.load_state_dict(state)
     return model
 
 
@@ -187,23 +232,14 @@ def read_checkpoint(path: Path) -> dict:
         except ImportError:
             raise CheckpointError(f"{path}: reading .safetensors needs `pip install safetensors`") from None
         return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
+    state = load_torch_file(path)
     for wrapper in ("model", "state_dict", "module"):  # training checkpoints nest the weights
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors")
-    prefixes = ("module.", "_orig_mod.")  # from DistributedDataParallel and torch.compile
-    return {_strip(k, prefixes): v for k, v in state.items()}
-
-
-def _strip(key: str, prefixes) -> str:
-    for prefix in prefixes:
-        key = key.removeprefix(prefix)
-    return key
+    # prefixes from DistributedDataParallel and torch.compile
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
 
 
 def npz_to_state_dict(path: Path) -> dict:
@@ -241,40 +277,14 @@ def npz_to_state_dict(path: Path) -> dict:
     for i in range(depth):
         src, dst = f"Transformer/encoderblock_{i}", f"blocks.{i}"
         attn = f"{src}/MultiHeadDotProductAttention_1"
-        state.update(layer_norm(f"{src}/LayerNorm_0", f"{dst}.norm1"))
-        state.update(layer_norm(f"{src}/LayerNorm_2", f"{dst}.norm2"))
-        state.update(dense(f"{src}/MlpBlock_3/Dense_0", f"{dst}.mlp.fc1"))
-        state.update(dense(f"{src}/MlpBlock_3/Dense_1", f"{dst}.mlp.fc2"))
+        for google, timm, convert in (("LayerNorm_0", "norm1", layer_norm), ("LayerNorm_2", "norm2", layer_norm),
+                                      ("MlpBlock_3/Dense_0", "mlp.fc1", dense), ("MlpBlock_3/Dense_1", "mlp.fc2", dense)):
+            state.update(convert(f"{src}/{google}", f"{dst}.{timm}"))
         qkv = [f"{attn}/{name}" for name in ("query", "key", "value")]
         state[f"{dst}.attn.qkv.weight"] = torch.cat([get(f"{p}/kernel").flatten(1).T for p in qkv])
         state[f"{dst}.attn.qkv.bias"] = torch.cat([get(f"{p}/bias").flatten() for p in qkv])
         state[f"{dst}.attn.proj.weight"] = get(f"{attn}/out/kernel").flatten(0, 1).T
         state[f"{dst}.attn.proj.bias"] = get(f"{attn}/out/bias")
-    return state
-
-
-def fit_to_model(model: nn.Module, state: dict, path: Path, log: Callable[[str], None]) -> dict:
-    """Checks the checkpoint against the model; resizes pos_embed and zeroes a head that does not fit."""
-    expected = model.state_dict()
-    state = {k: v for k, v in state.items() if k in expected}
-    pos, want = state.get("pos_embed"), expected["pos_embed"]
-    if pos is not None and pos.shape != want.shape and pos.shape[-1] == want.shape[-1]:  # other width: shape error
-        state["pos_embed"] = resize_pos_embed(state["pos_embed"], expected["pos_embed"].shape, path)
-    head_fits = all(k in state and state[k].shape == expected[k].shape for k in ("head.weight", "head.bias"))
-    if not head_fits:
-        num_classes = state["head.weight"].shape[0] if "head.weight" in state else "no"
-        log(f"{path.name}: checkpoint head has {num_classes} classes, model has {expected['head.weight'].shape[0]}: "
-            "head initialised to zeros")
-        state["head.weight"] = torch.zeros_like(expected["head.weight"])
-        state["head.bias"] = torch.zeros_like(expected["head.bias"])
-    missing = [k for k in expected if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: not a checkpoint of this ViT, missing {len(missing)} keys: "
-                              f"{', '.join(missing[:4])}")
-    wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
-             if state[k].shape != v.shape]
-    if wrong:
-        raise CheckpointError(f"{path}: shapes do not fit the model: {'; '.join(wrong[:3])}")
     return state
 
 

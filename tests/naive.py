@@ -6,11 +6,18 @@ import numpy as np
 import torch
 
 
-def source_frame(t: int, slot: int, n_back: int, n_fwd: int, frames: int):
-    """Frame whose value slot `slot` of frame t holds (eq. 8, 17, 21), or None at the clip ends (zeros)."""
-    if slot < n_back:
+def source_frame(t: int, slot: int, n_back: int, n_fwd: int, frames: int, layout="paper", num_slots=None):
+    """Frame whose value slot `slot` of frame t holds, or None at the clip ends (zeros).
+    paper (eq. 8, 17, 21): slots [0, n_back) from t-1, [n_back, n_back + n_fwd) from t+1.
+    released (the authors' MSCA.diff for heads: `shift[:, :-1, 0:fold] = x[:, 1:, 0:fold]` and
+    `shift[:, 1:, h-fold:] = x[:, :-1, h-fold:]`): slots [0, n_fwd) from t+1, the last n_back from t-1."""
+    if layout == "released":
+        back, fwd = slot >= num_slots - n_back, slot < n_fwd
+    else:
+        back, fwd = slot < n_back, n_back <= slot < n_back + n_fwd
+    if back:
         return t - 1 if t >= 1 else None
-    if slot < n_back + n_fwd:
+    if fwd:
         return t + 1 if t + 1 < frames else None
     return t
 
@@ -37,8 +44,10 @@ def gelu(x):
     return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
 
 
-def attention(z, qkv_w, qkv_b, proj_w, proj_b, num_heads, shifted="", axis="head", n_back=0, n_fwd=0):
-    """MSA / MSCA on z: (B, T, N+1, D). shifted: subset of "qkv"; axis: "head" (eq. 17-18) or "patch" (eq. 21-23)."""
+def attention(z, qkv_w, qkv_b, proj_w, proj_b, num_heads, shifted="", axis="head", n_back=0, n_fwd=0,
+              layout="paper"):
+    """MSA / MSCA on z: (B, T, N+1, D). shifted: subset of "qkv"; axis: "head" (eq. 17-18) or "patch" (eq. 21-23);
+    layout "released" moves other heads (source_frame); patches have no released code: always the paper's."""
     batch, frames, tokens, dim = z.shape
     d = dim // num_heads
     q_all = z @ qkv_w[:dim].T + qkv_b[:dim]  # eq. 12
@@ -51,7 +60,7 @@ def attention(z, qkv_w, qkv_b, proj_w, proj_b, num_heads, shifted="", axis="head
         if name not in shifted:
             return m[b, t, :, cols]
         if axis == "head":
-            src = source_frame(t, i, n_back, n_fwd, frames)
+            src = source_frame(t, i, n_back, n_fwd, frames, layout, num_heads)
             return torch.zeros(tokens, d, dtype=z.dtype) if src is None else m[b, src, :, cols]
         rows = []
         for n in range(tokens):
@@ -71,13 +80,19 @@ def attention(z, qkv_w, qkv_b, proj_w, proj_b, num_heads, shifted="", axis="head
     return heads @ proj_w.T + proj_b
 
 
-def token_shift(z, n_channels):
-    """Eq. 8-9: class-token channels [0, D_b) from t-1, [D_b, D_b + D_f) from t+1, D_b = D_f = n_channels."""
+def token_shift(z, n_channels, layout="paper"):
+    """Eq. 8-9: class-token channels [0, D_b) from t-1, [D_b, D_b + D_f) from t+1, D_b = D_f = n_channels.
+    released (TokenShift's code: `out[:, :-1, 0, :fold] = x[:, 1:, 0, :fold]`, then
+    `out[:, 1:, 0, fold:2*fold] = x[:, :-1, 0, fold:2*fold]`): [0, D_f) from t+1, [D_f, D_f + D_b) from t-1."""
     out = z.clone()
     frames, dim = z.shape[1], z.shape[3]
     for t in range(frames):
         for c in range(dim):
-            src = source_frame(t, c, n_channels, n_channels, frames)
+            if layout == "released":
+                src = (t + 1 if t + 1 < frames else None) if c < n_channels else \
+                    (t - 1 if t >= 1 else None) if c < 2 * n_channels else t
+            else:
+                src = source_frame(t, c, n_channels, n_channels, frames)
             out[:, t, 0, c] = 0 if src is None else z[:, src, 0, c]
     return out
 
@@ -94,7 +109,8 @@ def patchify(frames, patch):
 
 def video_model(state, video, num_heads, blocks, patch=16):
     """The whole video model from a timm-named state dict. blocks: per block a dict with keys
-    `shifted`, `axis`, `n_back`, `n_fwd` (MSCA) and/or `token_shift` (channels each way)."""
+    `shifted`, `axis`, `n_back`, `n_fwd`, `layout` (MSCA) and/or `token_shift` (channels each way) and
+    `layout`."""
     s = {k: v.double() for k, v in state.items()}
     batch, _, frames, _, _ = video.shape
     images = video.double().permute(0, 2, 1, 3, 4).reshape(batch * frames, *video.shape[1:2], *video.shape[3:])
@@ -105,13 +121,13 @@ def video_model(state, video, num_heads, blocks, patch=16):
     for i, kind in enumerate(blocks):
         p = f"blocks.{i}."
         if kind.get("token_shift"):
-            z = token_shift(z, kind["token_shift"])  # eq. 4
+            z = token_shift(z, kind["token_shift"], kind.get("layout", "paper"))  # eq. 4
         z = z + attention(layer_norm(z, s[p + "norm1.weight"], s[p + "norm1.bias"]),
                           s[p + "attn.qkv.weight"], s[p + "attn.qkv.bias"], s[p + "attn.proj.weight"],
                           s[p + "attn.proj.bias"], num_heads, kind.get("shifted", ""), kind.get("axis", "head"),
-                          kind.get("n_back", 0), kind.get("n_fwd", 0))  # eq. 2 / 5 / 10
+                          kind.get("n_back", 0), kind.get("n_fwd", 0), kind.get("layout", "paper"))  # eq. 2 / 5 / 10
         if kind.get("token_shift"):
-            z = token_shift(z, kind["token_shift"])  # eq. 6
+            z = token_shift(z, kind["token_shift"], kind.get("layout", "paper"))  # eq. 6
         hidden = gelu(layer_norm(z, s[p + "norm2.weight"], s[p + "norm2.bias"]) @ s[p + "mlp.fc1.weight"].T
                       + s[p + "mlp.fc1.bias"])
         z = z + hidden @ s[p + "mlp.fc2.weight"].T + s[p + "mlp.fc2.bias"]  # eq. 3 / 7 / 11

@@ -12,21 +12,11 @@ import torch
 from torch.utils.data import DataLoader
 
 import data
+from conftest import write_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BITS = 8  # frame numbers up to 255 drawn as black/white blocks
 BLOCK = 12
-
-
-def write_video(path, frames_rgb, fourcc="mp4v", fps=25):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    height, width = frames_rgb[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
-    assert writer.isOpened()
-    for frame in frames_rgb:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return str(path)
 
 
 def numbered_frame(i, height=48, width=BITS * BLOCK):
@@ -139,45 +129,46 @@ def test_read_frames_errors_name_the_file_and_the_problem(tmp_path, case, expect
 
 
 def test_training_clips_are_strided_and_cover_every_start():
-    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
     starts = set()
     for _ in range(3000):
-        indices = data.train_clip_indices(300, 8, 32)
+        indices = data.train_clip_indices(300, 8, 32, rng)
         assert list(np.diff(indices)) == [32] * 7
         starts.add(int(indices[0]))
     assert starts == set(range(300 - 7 * 32))  # 0 .. 75, every one reachable, nothing past the end
 
 
 def test_short_videos_shrink_the_stride_then_repeat_frames():
-    torch.manual_seed(0)
-    assert list(data.train_clip_indices(50, 8, 32)) == list(range(0, 50, 7))[:8]  # stride 7 = 49 // 7 fits exactly
-    stride_one = data.train_clip_indices(10, 8, 32)
+    rng = np.random.default_rng(0)
+    assert list(data.train_clip_indices(50, 8, 32, rng)) == list(range(0, 50, 7))[:8]  # stride 7 = 49 // 7 fits
+    stride_one = data.train_clip_indices(10, 8, 32, rng)
     assert list(np.diff(stride_one)) == [1] * 7 and stride_one[-1] <= 9
-    stretched = list(data.train_clip_indices(5, 8, 32))
+    stretched = list(data.train_clip_indices(5, 8, 32, rng))
     assert stretched == sorted(stretched) and set(stretched) == {0, 1, 2, 3, 4}
-    assert list(data.train_clip_indices(1, 8, 32)) == [0] * 8
+    assert list(data.train_clip_indices(1, 8, 32, rng)) == [0] * 8
     assert (data.multiview_clip_indices(3, 8, 32, 10) <= 2).all()
 
 
-def test_test_clips_are_spread_evenly():
+def test_test_clips_sit_in_the_middle_of_equal_segments_as_in_mmaction2():
     indices = data.multiview_clip_indices(300, 8, 32, 10)
-    last_start = 300 - 1 - 7 * 32
-    expected_starts = [round(j * last_start / 9) for j in range(10)]  # from the first to the last possible start
-    assert indices[:, 0].tolist() == expected_starts
-    assert (np.diff(indices, axis=1) == 32).all()
+    starts = 300 - 7 * 32  # 76 possible starts: 0..75, cut into 10 segments of 7.6
+    assert indices[:, 0].tolist() == [int(j * 7.6 + 7.6 / 2) for j in range(10)] == [3, 11, 19, 26, 34, 41, 49, 56,
+                                                                                     64, 72]
+    assert starts == 76 and (np.diff(indices, axis=1) == 32).all()
+    assert data.multiview_clip_indices(300, 8, 32, 1)[0, 0] == 38  # one clip: the centre, not the first frame
 
 
 # ----------------------------------------------------------------------------- augmentation
 
 
 def test_training_crop_matches_the_papers_short_side_range():
-    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
     implied_short_sides = []
     for _ in range(2000):
-        y, x, side = data.random_train_box(240, 320, 224)
+        y, x, side = data.random_train_box(240, 320, 224, (224, 330), rng)
         assert 0 <= y <= 240 - side and 0 <= x <= 320 - side
         implied_short_sides.append(240 * 224 / side)  # short side the frame was resized to
-    assert 242 <= min(implied_short_sides) < 247 and 326 < max(implied_short_sides) <= 332
+    assert 224 <= min(implied_short_sides) < 227 and 326 < max(implied_short_sides) <= 332
 
 
 def test_colour_jitter_naive_formulas():
@@ -193,12 +184,12 @@ def test_colour_jitter_naive_formulas():
 
 
 def test_colour_jitter_probability_and_same_parameters_for_every_frame():
-    torch.manual_seed(0)
-    frame = np.random.default_rng(0).uniform(0.1, 0.9, (1, 6, 6, 3)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    frame = rng.uniform(0.1, 0.9, (1, 6, 6, 3)).astype(np.float32)
     clip = np.repeat(frame, 4, axis=0)
     unchanged = 0
     for _ in range(2000):
-        jittered = data.colour_jitter(clip)
+        jittered = data.colour_jitter(clip, rng)
         assert all(np.allclose(jittered[0], jittered[t], atol=1e-6) for t in range(1, 4))
         assert jittered.min() >= 0 and jittered.max() <= 1
         unchanged += np.allclose(jittered, clip, atol=1e-6)
@@ -210,9 +201,11 @@ def test_horizontal_flip_about_half_the_time(tmp_path):
     frame[:, :16] = (255, 0, 0)  # red left half, blue right half
     frame[:, 16:] = (0, 0, 255)
     write_video(tmp_path / "train" / "c" / "v.avi", [frame] * 4, "MJPG")
-    dataset = data.KineticsDataset(tmp_path, num_frames=2, stride=1, size=16)
-    torch.manual_seed(0)
-    flipped = sum(dataset[0][0][0, :, :, 0].mean().item() < 0 for _ in range(300))  # red channel of column 0
+    dataset = data.KineticsDataset(tmp_path, num_frames=2, stride=1, img_size=16)
+    flipped = 0
+    for epoch in range(300):  # the augmentation of an item depends on (seed, epoch, item)
+        dataset.epoch_seed = (0, epoch)
+        flipped += dataset[0][0][0, :, :, 0].mean().item() < 0  # red channel of column 0
     assert 110 < flipped < 190
 
 
@@ -221,21 +214,21 @@ def test_horizontal_flip_about_half_the_time(tmp_path):
 
 def test_train_and_test_items_shapes_and_range(tmp_path):
     root = folder_dataset(tmp_path, num_frames=40)
-    train = data.KineticsDataset(root, num_frames=4, stride=8, size=32)
+    train = data.KineticsDataset(root, num_frames=4, stride=8, img_size=32)
     video, label = train[0]
     assert video.shape == (3, 4, 32, 32) and video.dtype == torch.float32 and label in (0, 1)
     assert video.min() >= -1 and video.max() <= 1 and video.min() < -0.9 and video.max() > 0.9
-    test = data.KineticsDataset(root, "train", train=False, num_frames=4, stride=8, size=32)
+    test = data.KineticsDataset(root, "train", train=False, num_frames=4, stride=8, img_size=32)
     views, _ = test[0]
     assert views.shape == (30, 3, 4, 32, 32) and views.dtype == torch.float32
     assert views.min() >= -1 and views.max() <= 1
-    assert data.KineticsDataset(root, "train", train=False, num_frames=4, size=32, clips=2, crops=1)[0][0].shape == (
+    assert data.KineticsDataset(root, "train", train=False, num_frames=4, img_size=32, clips=2, crops=1)[0][0].shape == (
         2, 3, 4, 32, 32)
 
 
 def test_pixels_scale_to_minus_one_one(tmp_path):
     path = write_video(tmp_path / "val" / "c" / "v.avi", [np.full((32, 32, 3), (255, 0, 128), np.uint8)] * 3, "MJPG")
-    views, _ = data.KineticsDataset(tmp_path, "val", num_frames=2, stride=1, size=16, clips=1, crops=1)[0]
+    views, _ = data.KineticsDataset(tmp_path, "val", num_frames=2, stride=1, img_size=16, clips=1, crops=1)[0]
     expected = torch.tensor([255, 0, 128]) / 127.5 - 1
     assert torch.allclose(views[0].mean((1, 2, 3)), expected, atol=0.06), path
 
@@ -244,11 +237,11 @@ def test_pixels_scale_to_minus_one_one(tmp_path):
 def test_thirty_views_are_ten_clips_times_three_crops(tmp_path, height, width):
     num_frames, frames_per_clip, stride = 30, 4, 2
     level_video(tmp_path / "val" / "c" / "v.mp4", num_frames, height, width)
-    views, _ = data.KineticsDataset(tmp_path, "val", num_frames=frames_per_clip, stride=stride, size=24)[0]
+    views, _ = data.KineticsDataset(tmp_path, "val", num_frames=frames_per_clip, stride=stride, img_size=24)[0]
     assert views.shape == (30, 3, frames_per_clip, 24, 24)
-    last_start = num_frames - 1 - stride * (frames_per_clip - 1)
+    possible_starts = num_frames - stride * (frames_per_clip - 1)  # 24, in 10 segments of 2.4 frames
     for clip in range(10):
-        start = round(clip * last_start / 9)
+        start = int(clip * possible_starts / 10 + possible_starts / 20)  # the middle of segment `clip`
         positions = []
         for crop in range(3):
             indices, mean_red = frame_levels(views[clip * 3 + crop])
@@ -261,7 +254,7 @@ def test_thirty_views_are_ten_clips_times_three_crops(tmp_path, height, width):
 def test_tiny_videos_never_crash(tmp_path):
     numbered_video(tmp_path / "train" / "c" / "short.mp4", 3)
     for train in (True, False):
-        dataset = data.KineticsDataset(tmp_path, num_frames=8, stride=32, size=16, train=train)
+        dataset = data.KineticsDataset(tmp_path, num_frames=8, stride=32, img_size=16, train=train)
         assert dataset[0][0].shape[-4:] == (3, 8, 16, 16)
 
 
@@ -332,7 +325,7 @@ def dataset_with_broken_videos(root):
     (root / "train" / "a" / "not_a_video.mp4").write_text("garbage " * 50)
     whole = open(numbered_video(root / "whole.mp4", 30), "rb").read()
     (root / "train" / "b" / "truncated.mp4").write_bytes(whole[: len(whole) // 3])
-    return data.KineticsDataset(root, num_frames=2, stride=2, size=16)
+    return data.KineticsDataset(root, num_frames=2, stride=2, img_size=16)
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
@@ -353,7 +346,7 @@ def test_header_overstating_the_length_is_not_a_broken_video(tmp_path):
     whole = open(numbered_video(tmp_path / "whole.avi", 60, "MJPG"), "rb").read()
     (tmp_path / "train" / "a").mkdir(parents=True)
     (tmp_path / "train" / "a" / "cut.avi").write_bytes(whole[: len(whole) // 2])  # header: 60 frames, ~30 decodable
-    dataset = data.KineticsDataset(tmp_path, train=False, num_frames=2, stride=1, size=16, clips=2, crops=1)
+    dataset = data.KineticsDataset(tmp_path, train=False, num_frames=2, stride=1, img_size=16, clips=2, crops=1)
     views, _ = dataset[0]
     decodable = len(data.read_frames(tmp_path / "whole.avi", range(60)))  # sanity: the whole file has 60
     assert decodable == 60 and dataset.skipped == 0
@@ -361,9 +354,11 @@ def test_header_overstating_the_length_is_not_a_broken_video(tmp_path):
     while capture.grab():
         count += 1
     assert 0 < count < 60
-    # the last test clip ends on the last decodable frame, not on the 60th frame the header promised
-    last_frame = data.read_frames(tmp_path / "train" / "a" / "cut.avi", [count - 1])[0]
-    expected = cv2.resize(last_frame[:, (BITS * BLOCK - 48) // 2:][:, :48], (16, 16), interpolation=cv2.INTER_AREA)
+    # the test clips are placed in the frames that decode, not in the 60 the header promised: the second clip
+    # sits in the middle of the second half of the count - 1 possible starts
+    second_start = int((count - 1) / 2 + (count - 1) / 4)
+    frame = data.read_frames(tmp_path / "train" / "a" / "cut.avi", [second_start + 1])[0]
+    expected = cv2.resize(frame[:, (BITS * BLOCK - 48) // 2:][:, :48], (16, 16), interpolation=cv2.INTER_AREA)
     assert ((views[1, :, 1].permute(1, 2, 0) + 1) * 127.5 - torch.from_numpy(expected).float()).abs().max() < 2
 
 
@@ -372,7 +367,7 @@ def test_all_broken_raises_instead_of_looping(tmp_path):
     for k in range(3):
         (tmp_path / "train" / "a" / f"{k}.mp4").write_text("garbage")
     dataset = data.KineticsDataset(tmp_path)
-    with pytest.raises(RuntimeError, match="broken"):
+    with pytest.raises(data.VideoError, match="every video is broken"):
         dataset[0]
     assert dataset.skipped == 3
 
@@ -465,7 +460,7 @@ def test_resize_copies_the_layout_with_smaller_videos(tmp_path):
 
 def test_benchmark_prints_clips_per_second(tmp_path, capsys):
     folder_dataset(tmp_path, videos_per_class=1, num_frames=20)
-    data.benchmark(str(tmp_path), "train", workers=0, clips=2, size=16, num_frames=4, stride=4)
+    data.benchmark(str(tmp_path), "train", workers=0, clips=2, img_size=16, num_frames=4, stride=4)
     assert "clips/s" in capsys.readouterr().out
 
 

@@ -14,17 +14,17 @@ def video(batch=2, frames=FRAMES, img=IMG, seed=1):
     return torch.rand(batch, 3, frames, img, img, dtype=torch.double) * 2 - 1
 
 
-def reference_blocks(variant, size, heads=2, patches=16, msca_blocks=None, shift_div=4):
+def reference_blocks(variant, size, heads=2, patches=16, msca_blocks=None, shift_div=4, shift_layout="paper"):
     """The per-block settings of naive.video_model for a build_model call."""
     dim, _, depth = vit.SIZES[size]
     k = depth if msca_blocks is None else msca_blocks
     if variant == "vit":
         return [{}] * depth
     if variant == "tokenshift":
-        return [{"token_shift": dim // shift_div}] * depth
+        return [{"token_shift": dim // shift_div, "layout": shift_layout}] * depth
     amount = patches if variant.startswith("p") else heads
     kind = {"shifted": variant.removeprefix("p").lower(), "axis": "patch" if variant.startswith("p") else "head",
-            "n_back": amount // 2, "n_fwd": amount // 2}
+            "n_back": amount // 2, "n_fwd": amount // 2, "layout": shift_layout}
     return [{}] * (depth - k) + [kind] * k
 
 
@@ -41,6 +41,9 @@ SETTINGS = [  # (variant, kwargs): all 16 block kinds, several heads / patches /
     ("KV", {"heads": 4}), ("KV", {"heads": 6, "msca_blocks": 5}), ("QKV", {"heads": 4, "msca_blocks": 1}),
     *[(v, {"patches": 2}) for v in ("pQ", "pK", "pV", "pQK", "pKV", "pQV", "pQKV")],
     ("pKV", {"patches": 4}), ("pKV", {"patches": 4, "msca_blocks": 8}), ("pQ", {"patches": 4, "msca_blocks": 3}),
+    *[(v, {"heads": 2, "shift_layout": "released"}) for v in ("K", "V", "KV", "QKV")],  # the authors' code
+    ("KV", {"heads": 4, "shift_layout": "released", "msca_blocks": 6}), ("tokenshift", {"shift_layout": "released"}),
+    ("pKV", {"patches": 4, "shift_layout": "released"}),
 ]
 
 
@@ -64,6 +67,37 @@ def test_gradients_match_reference(variant, kwargs):
     theirs = torch.autograd.grad(reference.logsumexp(-1).sum(), list(params.values()))
     for name, a, b in zip(params, ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=name)
+
+
+def renumber_heads(state, i, j, heads):
+    """The same network with heads i and j of every block swapped (rows of qkv, columns of proj)."""
+    state = {k: v.clone() for k, v in state.items()}
+    dim = state["cls_token"].shape[-1]
+    d, order = dim // heads, list(range(heads))
+    order[i], order[j] = j, i
+    channels = torch.cat([torch.arange(h * d, (h + 1) * d) for h in order])
+    rows = torch.cat([channels + part * dim for part in range(3)])
+    for name in state:
+        if name.endswith("attn.qkv.weight") or name.endswith("attn.qkv.bias"):
+            state[name] = state[name][rows]
+        elif name.endswith("attn.proj.weight"):
+            state[name] = state[name][:, channels]
+    return state
+
+
+@pytest.mark.parametrize("variant,swap", [("KV", True), ("QKV", True), ("V", True), ("tokenshift", False)])
+def test_released_model_is_the_paper_model_on_reversed_time(variant, swap):
+    """released(x) == paper(x reversed in time), with heads 1 and h-1 renumbered (TokenShift: as it is)."""
+    torch.manual_seed(0)
+    released = vit.build_model(variant, 5, FRAMES, size="S/16", img_size=IMG, shift_layout="released").double()
+    paper = vit.build_model(variant, 5, FRAMES, size="S/16", img_size=IMG).double()
+    heads = vit.SIZES["S/16"][1]
+    paper.load_state_dict(renumber_heads(released.state_dict(), 1, heads - 1, heads) if swap else released.state_dict())
+    x = video()
+    with torch.no_grad():
+        torch.testing.assert_close(released(x), paper(x.flip(2)), rtol=1e-10, atol=1e-10)
+        paper.load_state_dict(released.state_dict())
+        assert not torch.allclose(released(x), paper(x), rtol=1e-6, atol=1e-6)
 
 
 def test_reference_sees_the_temporal_interaction():
@@ -239,6 +273,19 @@ def test_timm_state_dict_round_trips(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
 
 
+def test_a_state_dict_that_does_not_fit_names_its_keys():
+    model = vit.build_model("vit", 5, size="Ti/16", img_size=IMG)
+    state = dict(model.state_dict())
+    del state["blocks.3.norm1.bias"]
+    state["blocks.12.attn.qkv.weight"] = torch.zeros(1)
+    state["head.weight"] = torch.zeros(7, 192)
+    with pytest.raises(vit.CheckpointError) as error:
+        vit.load_state(model, state, "ck.pt")
+    message = str(error.value)
+    assert message.startswith("ck.pt:") and "1 missing (blocks.3.norm1.bias)" in message
+    assert "1 unexpected (blocks.12.attn.qkv.weight)" in message and "head.weight (7, 192) vs model (5, 192)" in message
+
+
 def test_timm_checkpoint_loads_with_plain_load_state_dict():
     source = vit.build_model("vit", 5, size="Ti/16", img_size=IMG)
     vit.build_model("KV", 5, size="Ti/16", img_size=IMG).load_state_dict(source.state_dict())
@@ -258,8 +305,13 @@ def test_bad_checkpoints_name_the_file_and_the_problem(tmp_path):
     with pytest.raises(vit.CheckpointError, match="resnet.pth.*missing.*cls_token"):
         vit.load_pretrained(model, tmp_path / "resnet.pth")
     torch.save(vit.build_model("vit", 5, size="S/16", img_size=IMG).state_dict(), tmp_path / "small.pth")
-    with pytest.raises(vit.CheckpointError, match="small.pth.*shapes.*cls_token"):
+    with pytest.raises(vit.CheckpointError, match="small.pth.*other shapes.*cls_token"):
         vit.load_pretrained(model, tmp_path / "small.pth")
+    (tmp_path / "notes.pt").write_text("these are my notes, not weights\n")
+    with pytest.raises(vit.CheckpointError) as error:
+        vit.load_pretrained(model, tmp_path / "notes.pt")
+    assert "notes.pt" in str(error.value) and "weights_only" not in str(error.value)
+    assert len(str(error.value).splitlines()) == 1
     google_checkpoint(tmp_path / "shallow.npz", depth=2)
     with pytest.raises(vit.CheckpointError, match="shallow.npz.*missing.*blocks.2"):
         vit.load_pretrained(model, tmp_path / "shallow.npz")
