@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import csv
 import errno
+import glob
 import json
 import multiprocessing
 import os
@@ -398,7 +399,7 @@ class KineticsDataset(Dataset):
     """
 
     def __init__(self, root, split="train", *, train=None, annotations=None, num_frames=8, stride=32, img_size=224,
-                 clips=10, crops=3, short_side=(224, 330)):
+                 clips=10, crops=3, short_side=(224, 330), report=True):
         for name, value in dict(num_frames=num_frames, stride=stride, img_size=img_size, clips=clips,
                                 crops=crops).items():
             if not isinstance(value, int) or value < 1:
@@ -418,7 +419,7 @@ class KineticsDataset(Dataset):
         # plain shared memory, no lock: one byte per video written by whichever worker finds it broken; a lock
         # created here could not be passed to workers started with 'spawn'
         self.broken = multiprocessing.RawArray("b", len(self.videos))
-        self.report, self.epoch_seed = True, (0, 0)
+        self.report, self.epoch_seed = report, (0, 0)
 
     def __len__(self):
         return len(self.videos)
@@ -596,6 +597,8 @@ def make_synthetic(root, *, train_per_class=100, val_per_class=25, num_frames=32
         raise FileExistsError(f"{root}: exists and is not a synthetic dataset made with these settings; "
                               f"remove it or choose another folder")
     os.makedirs(os.path.dirname(root), exist_ok=True)
+    for leftover in glob.glob(os.path.join(os.path.dirname(root), ".synthetic-*")):  # of a killed run
+        shutil.rmtree(leftover, ignore_errors=True)
     staging = tempfile.mkdtemp(prefix=".synthetic-", dir=os.path.dirname(root))
     try:
         rng = np.random.default_rng(seed)

@@ -66,6 +66,7 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=2, help="speed: untimed steps per variant")
     p.add_argument("--repeats", type=int, default=10, help="speed: timed steps per variant")
     p.add_argument("--peak-tflops", type=float, help="speed: the GPU's dense bf16 peak (default from its name)")
+    p.add_argument("--compile", action="store_true", help="speed: time torch.compile'd models")
     args = p.parse_args(argv)
     for flag in ("clips", "crops", "batch_size", "img_size", "frames", "warmup", "repeats"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
@@ -229,7 +230,7 @@ def saved_activation_bytes(model, video, labels, amp_dtype):
 
 
 def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patches, device, amp_dtype=None,
-                    warmup=2, repeats=10, num_classes=400, peak_tflops=None):
+                    warmup=2, repeats=10, num_classes=400, peak_tflops=None, compile=False):
     """Forward+backward cost of every variant against the first (vit), measured round-robin so that drift hits
     all of them alike: median step time, clips/s, saved activations, peak memory (GPU), TFLOP/s, MFU."""
     torch.manual_seed(0)
@@ -238,13 +239,14 @@ def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patc
     video = torch.rand(batch_size, 3, frames, img_size, img_size, device=device) * 2 - 1
     labels = torch.randint(num_classes, (batch_size,), device=device)
     saved = {v: saved_activation_bytes(models[v], video, labels, amp_dtype) for v in variants}
+    nets = {v: torch.compile(m) if compile else m for v, m in models.items()}
     for _ in tqdm(range(warmup), desc="warm-up", dynamic_ncols=True):
         for v in variants:
-            train_step(models[v], video, labels, amp_dtype)
+            train_step(nets[v], video, labels, amp_dtype)
     times, peaks = {v: [] for v in variants}, {v: 0 for v in variants}
     for r in tqdm(range(repeats), desc="timing", dynamic_ncols=True):
         for v in variants[r % len(variants):] + variants[:r % len(variants)]:  # rotated: no variant always first
-            seconds, peak = timed_step(models[v], video, labels, amp_dtype)
+            seconds, peak = timed_step(nets[v], video, labels, amp_dtype)
             times[v].append(seconds)
             peaks[v] = max(peaks[v], peak or 0)
     flops = train_flops(models[variants[0]], frames, img_size, batch_size, num_classes)
@@ -284,8 +286,8 @@ def run_speed(args, device):
     rows = benchmark_speed(["vit"] + [v for v in args.variants if v != "vit"], size=size, img_size=img_size,
                            frames=args.frames, batch_size=batch_size, heads=args.heads, patches=args.patches,
                            device=device, amp_dtype=amp_dtype, warmup=args.warmup, repeats=args.repeats,
-                           peak_tflops=peak)
-    precision = f"{amp_dtype} autocast" if amp_dtype else "fp32"
+                           peak_tflops=peak, compile=args.compile)
+    precision = (f"{amp_dtype} autocast" if amp_dtype else "fp32") + (", torch.compile" if args.compile else "")
     title = (f"{device_name}, torch {torch.__version__}, {size} at {img_size} px, {args.frames} frames, batch "
              f"{batch_size}, {precision}, median of {args.repeats} interleaved forward+backward steps"
              + (f", MFU against a dense bf16 peak of {peak:g} TFLOP/s" if peak else ""))

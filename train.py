@@ -13,12 +13,12 @@ Checkpoints hold `model_args`, `vit.build_model(**ckpt["model_args"])` rebuilds 
 """
 import argparse
 import csv
+import glob
 import io
 import json
 import math
 import os
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 
@@ -37,16 +37,11 @@ from shift import LAYOUTS
 # Hashiguchi & Tamaki, Sec. 4.1: 8 frames, stride 32, 224 px, SGD 0.9 without weight decay, lr 0.1 / 10 at epoch
 # 10, 12 epochs, 21 clips per GPU on 2 GPUs with an update every 10 iterations (effective batch 420).
 PAPER = dict(size="B/16", img_size=224, frames=8, stride=32, epochs=12, optimizer="sgd", lr=0.1, lr_steps=[10],
-             weight_decay=0.0, batch_size=21, accum_steps=10, workers=8,
-             # the text gives no value; the released code builds LabelSmoothingCrossEntropy() (smoothing 0.1) and
-             # reads its config's LABEL_SMOOTH: 0.01 only as an on/off switch
-             label_smoothing=0.1,
-             # the text writes [244, 330]; TokenShift's code, whose settings it says it uses, draws from [224, 330)
-             short_side=[224, 330])
+             weight_decay=0.0, batch_size=21, accum_steps=10, workers=8)
 # Small enough for 2 CPU cores in a few minutes: ViT-Ti, 4 frames of 64 px, from scratch on the synthetic task.
 # From scratch AdamW finds the motion after 250-400 steps of 16 clips; SGD was slower in our tries.
 SMALL = dict(size="Ti/16", img_size=64, frames=4, stride=10, epochs=6, optimizer="adamw", lr=3e-4, lr_steps=[5],
-             weight_decay=0.05, batch_size=16, accum_steps=1, workers=1, label_smoothing=0.1, short_side=[224, 330])
+             weight_decay=0.05, batch_size=16, accum_steps=1, workers=1)
 SYNTHETIC_VIDEOS = dict(train_per_class=1000, val_per_class=50, num_frames=32, size=96)
 SYNTHETIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "synthetic-v{}-{}-{}-{}x{}".format(
     data.SYNTHETIC_VERSION, *SYNTHETIC_VIDEOS.values()))
@@ -54,10 +49,6 @@ MODEL_FLAGS = ("variant", "size", "img_size", "frames", "heads", "patches", "msc
                "shift_layout")
 LOG_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_top1", "val_top5", "clips_per_s",
                "skipped", "seconds")
-
-
-class NonFiniteLoss(Exception):
-    """The loss became NaN or inf: training stops, exit status 1, checkpoints stay as they were."""
 
 
 def parse_args(argv):
@@ -77,7 +68,8 @@ def parse_args(argv):
     p.add_argument("--img-size", type=int, help="frame size in pixels: " + recipe(224, 64))
     p.add_argument("--frames", type=int, help="frames per clip T: " + recipe(8, 4))
     p.add_argument("--stride", type=int, help="frames between sampled frames: " + recipe(32, 10))
-    p.add_argument("--short-side", type=int, nargs=2, metavar=("LOW", "HIGH"),
+    # the text writes [244, 330]; TokenShift's code, whose settings it says it uses, draws from [224, 330)
+    p.add_argument("--short-side", type=int, nargs=2, metavar=("LOW", "HIGH"), default=[224, 330],
                    help="random short side for 224 px crops, scaled for others (default 224 330)")
     p.add_argument("--pretrained", help="ViT weights: Google .npz (e.g. ViT-B_16.npz) or a timm state dict")
     p.add_argument("--data", help="dataset root (default: the synthetic task)")
@@ -91,10 +83,11 @@ def parse_args(argv):
     p.add_argument("--weight-decay", type=float, help="of weight matrices only: " + recipe(0, 0.05))
     p.add_argument("--batch-size", type=int, help="clips per GPU and micro-batch: " + recipe(21, 16))
     p.add_argument("--accum-steps", type=int, help="micro-batches per optimizer step: " + recipe(10, 1))
-    p.add_argument("--label-smoothing", type=float, help="default 0.1")
+    # the text gives no value; the released code builds LabelSmoothingCrossEntropy() (smoothing 0.1) and reads
+    # its config's LABEL_SMOOTH: 0.01 only as an on/off switch
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1, as the released code")
     p.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm, 0: off (released code: 1)")
-    p.add_argument("--amp", choices=vit.AMP, default="auto", help="auto: bf16 on GPUs that have it, else fp16; "
-                                                                   "fp32 on CPU")
+    p.add_argument("--amp", choices=vit.AMP, default="auto", help="auto: bf16 or fp16 on GPUs, fp32 on CPU")
     p.add_argument("--workers", type=int, help="data loading processes per GPU: " + recipe(8, 1))
     p.add_argument("--out", help="output folder (default: runs/<variant>, runs/synthetic-<variant> without --data)")
     p.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
@@ -141,24 +134,19 @@ def configure(args, given):
     if not (args.label_smoothing < 1 and 0 <= args.seed < 2 ** 32 and 1 <= args.short_side[0] <= args.short_side[1]):
         raise ValueError(f"--label-smoothing {args.label_smoothing} must be below 1, --seed {args.seed} in "
                          f"0..2^32-1 and --short-side {args.short_side} two sizes LOW <= HIGH")
-    for flag in ("data", "annotations", "val_annotations", "pretrained"):
-        path = getattr(args, flag)
-        if path and not (args.synthetic and flag == "data") and not os.path.exists(path):
-            raise ValueError(f"--{flag.replace('_', '-')} {path}: no such file or folder")
     return args, ckpt
 
 
 def setup_distributed():
     """(rank, world size, device); torchrun sets RANK, WORLD_SIZE and LOCAL_RANK."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl")
-        return rank, world, torch.device("cuda", local_rank)
-    dist.init_process_group("gloo")
-    return rank, world, torch.device("cpu")
+        return 0, 1, device
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def open_datasets(args, rank):
@@ -167,7 +155,8 @@ def open_datasets(args, rank):
         data.make_synthetic(args.data, **SYNTHETIC_VIDEOS)  # made once, reused after that
     if dist.is_initialized():
         dist.barrier()
-    common = dict(num_frames=args.frames, stride=args.stride, img_size=args.img_size)
+    # other ranks' broken videos are reported by rank 0 (sync_broken)
+    common = dict(num_frames=args.frames, stride=args.stride, img_size=args.img_size, report=rank == 0)
     train_set = data.KineticsDataset(args.data, "train", annotations=args.annotations,
                                      short_side=args.short_side, **common)
     try:  # one view per video: the centre clip, the centre crop
@@ -182,8 +171,6 @@ def open_datasets(args, rank):
     if shared:
         raise ValueError(f"--data {args.data}: {len(shared)} validation videos are training videos too (e.g. "
                          f"{min(shared)}); give validation its own list with --val-annotations")
-    for dataset in (train_set, val_set):
-        dataset.report = rank == 0  # other ranks' finds are reported by rank 0 (sync_broken)
     return train_set, val_set
 
 
@@ -191,10 +178,10 @@ def make_optimizer(model, args):
     """AdamW decays the weight matrices only, not biases, LayerNorms, cls_token or pos_embed (as nanoGPT, timm)."""
     if args.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and n not in ("cls_token", "pos_embed")]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and n not in ("cls_token", "pos_embed"))]
-    return torch.optim.AdamW([{"params": matrices, "weight_decay": args.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=args.lr)
+    matrix = {n for n, p in model.named_parameters() if p.dim() >= 2 and n not in ("cls_token", "pos_embed")}
+    return torch.optim.AdamW([{"params": [p for n, p in model.named_parameters() if (n in matrix) == decays],
+                               "weight_decay": args.weight_decay if decays else 0.0} for decays in (True, False)],
+                             lr=args.lr)
 
 
 def lr_at(args, epoch):
@@ -235,7 +222,7 @@ def train_one_epoch(model, loader, optimizer, criterion, *, accum_steps, scaler,
         # fp16 overflows now and then: the scaler skips that step and lowers the scale; give up only when the
         # scale has been halved below 1, i.e. the loss is not finite at any scale
         if not math.isfinite(mean_loss) and not (scaler.is_enabled() and scaler.get_scale() >= 1):
-            raise NonFiniteLoss(f"loss is {mean_loss} at micro-batch {i + 1}/{len(loader)} of this epoch")
+            raise FloatingPointError(f"loss is {mean_loss} at micro-batch {i + 1}/{len(loader)} of this epoch")
         if clip_grad > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
@@ -268,29 +255,25 @@ def validate(model, loader, amp_dtype, show_bar=False):
 
 
 def sync_broken(datasets, device):
-    """Every rank learns the broken videos of all ranks (so none decodes them again) and rank 0 reports the ones
-    it has not met itself; returns how many distinct broken videos are known."""
-    known = 0
-    for dataset in datasets:
+    """Every rank learns the broken videos of all ranks (so none decodes them again), rank 0 reports the ones it
+    has not met itself, and all count each once: returns how many distinct broken videos are known."""
+    for dataset in datasets if dist.is_initialized() else []:
         flags = np.frombuffer(dataset.broken, dtype=np.int8)
-        if dist.is_initialized():
-            merged = torch.from_numpy(flags.astype(np.int32)).to(device)
-            dist.all_reduce(merged, op=dist.ReduceOp.MAX)
-            merged = merged.cpu().numpy().astype(np.int8)
-            for i in np.flatnonzero(merged > flags) if dataset.report else []:
-                print(f"data: skipping broken video: {dataset.videos[i]} (found by another process)", file=sys.stderr)
-            flags[:] = merged
-        known += int(flags.sum())
-    return known
+        merged = torch.from_numpy(flags.astype(np.int32)).to(device)
+        dist.all_reduce(merged, op=dist.ReduceOp.MAX)
+        for i in np.flatnonzero(merged.cpu().numpy() > flags) if dataset.report else []:
+            print(f"data: skipping broken video: {dataset.videos[i]} (found by another process)", file=sys.stderr)
+        flags[:] = merged.cpu().numpy()
+    return sum(dataset.skipped for dataset in datasets)
 
 
 def read_log(path, epochs_done):
     """The rows of an earlier log.csv up to the checkpoint being resumed (a crash may have left one more)."""
-    if not os.path.isfile(path):
-        return []
     try:
         with open(path, newline="") as f:
             return [row for row in csv.DictReader(f) if int(row["epoch"]) <= epochs_done]
+    except FileNotFoundError:
+        return []
     except (KeyError, TypeError, ValueError, UnicodeDecodeError, csv.Error) as error:
         raise ValueError(f"--resume: {path} is not a log.csv of train.py ({type(error).__name__}); "
                          f"move it away to resume without it") from None
@@ -308,9 +291,8 @@ def train(args, ckpt, rank, world, device, progress):
     log = print if rank == 0 else (lambda *_, **__: None)
     if rank == 0:
         data.check_writable(os.path.join(args.out, "last.pt"))  # an unwritable --out fails now, not after an epoch
-        for leftover in os.listdir(args.out):  # from a run killed while saving
-            if leftover.endswith(".tmp"):
-                os.remove(os.path.join(args.out, leftover))
+        for leftover in glob.glob(os.path.join(args.out, "*.tmp")):  # of a run killed while saving
+            os.remove(leftover)
     train_set, val_set = open_datasets(args, rank)
     classes = train_set.classes
     if ckpt is not None and ckpt["classes"] != classes:
@@ -321,9 +303,8 @@ def train(args, ckpt, rank, world, device, progress):
         raise ValueError(f"--data {args.data}: {len(train_set)} training videos, fewer than one batch "
                          f"({args.batch_size} x {world}); lower --batch-size")
 
-    model_args = dict(variant=args.variant, num_classes=len(classes), num_frames=args.frames, size=args.size,
-                      img_size=args.img_size, heads=args.heads, patches=args.patches,
-                      msca_blocks=args.msca_blocks, shift_div=args.shift_div, shift_layout=args.shift_layout)
+    model_args = dict(num_classes=len(classes), num_frames=args.frames,
+                      **{flag: getattr(args, flag) for flag in MODEL_FLAGS if flag != "frames"})
     torch.manual_seed(args.seed)
     model = vit.build_model(**model_args)
     if args.variant not in ("vit", "tokenshift"):  # e.g. 16 patches are 8% of 197 tokens but 94% of 17
@@ -356,8 +337,8 @@ def train(args, ckpt, rank, world, device, progress):
     loader = dict(batch_size=args.batch_size, num_workers=args.workers, pin_memory=device.type == "cuda")
     sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed, drop_last=True)
     train_loader = DataLoader(train_set, sampler=sampler, drop_last=True, **loader)  # full batches weigh the same
-    val_loader = val_set and DataLoader(Subset(val_set, range(rank, len(val_set), world)),
-                                        collate_fn=data.collate_readable, **loader)
+    val_loader = None if val_set is None else DataLoader(Subset(val_set, range(rank, len(val_set), world)),
+                                                         collate_fn=data.collate_readable, **loader)
     log(f"{args.variant} {args.size}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
         f"{len(classes)} classes, {len(train_set)} train / {len(val_set) if val_set else 0} val videos, "
         f"{device.type} {amp_dtype or torch.float32}; effective batch {args.batch_size} x {args.accum_steps} "
@@ -365,7 +346,6 @@ def train(args, ckpt, rank, world, device, progress):
 
     run_start = time.time()
     for epoch in range(start_epoch, args.epochs):
-        progress["epoch"] = epoch
         sampler.set_epoch(epoch)
         train_set.epoch_seed = (args.seed, epoch)  # the augmentation of video i depends on (seed, epoch, i) alone
         lr = lr_at(args, epoch)
@@ -392,8 +372,10 @@ def train(args, ckpt, rank, world, device, progress):
                          "w")
             progress["saved"] = epoch + 1
         if val_loader is not None:
-            top1, top5, videos = validate(net, val_loader, amp_dtype, show_bar=rank == 0)
-            row.update(val_top1=f"{100 * top1 / max(videos, 1):.2f}", val_top5=f"{100 * top5 / max(videos, 1):.2f}")
+            top1, top5, videos = validate(model, val_loader, amp_dtype, show_bar=rank == 0)  # eager: no recompiles
+            if not videos:
+                raise ValueError(f"--data {args.data}: none of the {len(val_set)} validation videos can be decoded")
+            row.update(val_top1=f"{100 * top1 / videos:.2f}", val_top5=f"{100 * top5 / videos:.2f}")
         row.update(skipped=sync_broken([d for d in (train_set, val_set) if d], device),
                    seconds=f"{time.time() - epoch_start:.1f}")
         rows.append(row)
@@ -428,7 +410,7 @@ def main(argv=None):
     except (ValueError, OSError, data.VideoError) as error:  # a DataLoader worker's error ends with its message
         print(f"train.py: error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
         return 2
-    except NonFiniteLoss as error:
+    except FloatingPointError as error:  # NaN or inf loss: stop, the checkpoints stay as they were
         print(f"train.py: {error}; stopped, the last checkpoint is untouched", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -12,42 +12,17 @@ import subprocess
 import sys
 from argparse import Namespace
 
-import cv2
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import train
 import vit
-from conftest import write_video
+from conftest import CLASSES, tiny_args
 
-CLASSES = ("brightening", "darkening")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one_epoch asks for it too: resume must be bit-exact
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-    """root/{train,val}/<class>/*.mp4: 3 train and 1 val video per class, 12 frames of 40x48 px."""
-    root = tmp_path_factory.mktemp("videos")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 3), ("val", 1)):
-        for label, name in enumerate(CLASSES):
-            os.makedirs(root / split / name)
-            for i in range(count):
-                ramp = np.linspace(40, 215, 12)[::1 if label == 0 else -1]
-                frames = ramp[:, None, None, None] + rng.normal(0, 20, (12, 40, 48, 3))
-                write_video(root / split / name / f"{i}.mp4", np.clip(frames, 0, 255).astype(np.uint8))
-    return root
-
-
-def tiny_args(data, out, *extra):
-    return ["--data", str(data), "--out", str(out), "--size", "Ti/16", "--img-size", "32", "--frames", "2",
-            "--stride", "2", "--batch-size", "2", "--accum-steps", "2", "--workers", "0", "--lr", "0.05",
-            "--lr-steps", "1", "--seed", "3", *extra]
 
 
 @pytest.fixture(scope="module")
