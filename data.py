@@ -1,45 +1,24 @@
-"""
-Video data for MSCA: read Kinetics mp4 files directly with OpenCV, sample and augment clips as the paper does,
-survive broken videos, and make a small synthetic dataset that only a temporal model can learn.
+"""Video data for MSCA: read Kinetics videos with OpenCV, sample and augment clips as the paper does, survive
+broken videos, prepare a copy that decodes fast, and make a synthetic dataset only a temporal model can learn.
 
-Sampling (paper, sec. 4.1; all in frames of the decoded video):
-- training: `num_frames` frames `stride` apart from a uniformly random start (8 x 32 in the paper);
-- test: `clips` such clips with starts spread evenly from the first to the last possible start, each cut into
-  `crops` square crops along the long side (left/center/right, or top/center/bottom for portrait videos);
-  item = (clips * crops) views, view v = clip (v // crops), crop (v % crops).
-- videos shorter than a clip: the stride shrinks to the largest one that fits, ((n - 1) // (num_frames - 1));
-  videos with fewer frames than `num_frames` are stretched, frame k of the clip being frame k * n // num_frames
-  (frames repeat, order is kept). Nothing crashes, whatever the length.
-
-Augmentation (training, parameters drawn once per clip): short side resized to a random integer in
-[244, 330] * size / 224 keeping the aspect ratio and a random size x size crop (done as: crop the matching
-square from the decoded frame, then resize only that square), horizontal flip with p = 0.5, then brightness,
-saturation, gamma and hue jitter, each with p = 0.1 and the ranges of TokenShift's code, whose settings the
-paper uses. Test: short side resized to `size`, square crops. Pixels end in [-1, 1] (the ViT checkpoints'
-normalisation). Random numbers come from torch, so torch.manual_seed and DataLoader worker seeding govern them.
-
-Layouts (KineticsDataset detects them):
-- folder per class: root/{split}/{class}/*.mp4 (any container OpenCV reads); classes are the sorted class
-  folder names found in root/train and root/{split}, so train and val agree on the label indices;
-- Kinetics CSV (annotations=..., header label,youtube_id,time_start,time_end[,split]): videos named
-  {youtube_id}_{time_start:06d}_{time_end:06d}.<ext> anywhere under root/{split}; classes are the sorted labels
-  of the CSV; every row of the file is used (Kinetics ships one CSV per split);
-- list file (annotations=..., lines "relative/path label_index", as mmaction2): paths relative to
-  root/{split}; classes are "0", "1", ... up to the largest index (the file has no names).
-For listed layouts root/{split} falls back to root when that folder does not exist, videos are matched ignoring
-their extension (so a `--resize`d copy, always .mp4, still matches) and missing ones are reported once with a count.
-
-Command line:
     python data.py --make-synthetic DIR [--seed 0]
-    python data.py --resize SRC DST [--short-side 320] [--workers N]
-    python data.py --benchmark ROOT [--split train] [--workers 1] [--clips 40] [--size 224] [--frames 8] [--stride 32]
-"""
+    python data.py --resize SRC DST [--short-side 320] [--workers N]   # the prepared copy: MJPEG .avi files
+    python data.py --benchmark ROOT [ROOT ...] [--annotations LIST] [--workers N] [--clips 100]
 
+Layouts: root/{split}/{class}/<video> folders; or annotations= a Kinetics CSV (label,youtube_id,time_start,time_end
+[,split]: videos {youtube_id}_{start:06d}_{end:06d}.<any extension> under root/{split} or root; the split's rows
+when it has a split column) or an mmaction2 list file ("relative/path label_index").
+Reading: an indexed MJPEG .avi (what --resize and --make-synthetic write) opens with OpenCV's own reader, which
+seeks to any frame through the AVI index: a clip costs its 8 JPEG decodes. Other videos (Kinetics' H.264) open with
+FFmpeg and are decoded forward to the last frame a clip needs: FFmpeg's seek is not frame-exact for every codec,
+and with x264's keyframe every 250 frames it decodes as much as the walk.
+"""
 import argparse
 import contextlib
 import csv
 import errno
 import glob
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -59,27 +38,25 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
+cv2.setNumThreads(1)  # one thread per DataLoader worker: the workers are the parallelism
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
-FLIP_PROB = 0.5
-JITTER_PROB = 0.1
-BRIGHTNESS = (0.5, 2.0)  # multiplicative factor
+MJPEG_QUALITY = 90  # of the prepared copy's JPEGs; 95 costs 1.3x the disk and ~10% of the speed
+FLIP_PROB, JITTER_PROB = 0.5, 0.1
+BRIGHTNESS = (0.5, 2.0)  # multiplicative factor; these four ranges are TokenShift's code's
 SATURATION = (0.5, 3.0)  # blend factor with the grey image
 GAMMA = (0.8, 1.2)  # exponent on [0, 1] pixels
 HUE = (-0.5, 0.5)  # shift as a fraction of the hue circle
 MAX_BROKEN_IN_A_ROW = 32  # this many broken videos in a row: the dataset is broken, not a file
 SYNTHETIC_CLASSES = ("down", "up")
-SYNTHETIC_VERSION = 2  # of synthetic_clip: a cached dataset made by another version is not reused
+SYNTHETIC_VERSION = 3  # of synthetic_clip and its file format: a cached dataset of another version is not reused
 
 # -----------------------------------------------------------------------------
 # frame reading
 
 
 class VideoError(Exception):
-    """A video that cannot be decoded as asked; the message names the file and the problem."""
-
-
-class VideoTooShortError(VideoError):
-    """A frame past the last decodable one was asked for; `decodable` says how many frames could be decoded."""
+    """A video that cannot be decoded as asked; the message names the file and the problem. `decodable`: how many
+    frames did decode, when a frame past them was asked for."""
 
     def __init__(self, message, decodable=0):
         super().__init__(message)
@@ -87,104 +64,68 @@ class VideoTooShortError(VideoError):
 
 
 def open_video(path):
-    """An opened cv2.VideoCapture and the frame count its header claims (0 when unknown)."""
+    """(cv2.VideoCapture, frames the header claims or 0, seekable): an indexed MJPEG .avi with OpenCV's own reader
+    (seekable: its index is exact), anything else with FFmpeg."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise VideoError(f"{path}: file not found")
-    if not os.path.isfile(path):
-        raise VideoError(f"{path}: not a file")
-    if os.path.getsize(path) == 0:
-        raise VideoError(f"{path}: empty file")
-    # one decoding thread per video: the parallelism comes from DataLoader workers, and FFmpeg's own threads
-    # would oversubscribe the cores (and are slower for small frames anyway)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        problem = "not a file" if os.path.exists(path) else "file not found"
+        raise VideoError(f"{path}: {'empty file' if os.path.isfile(path) else problem}")
+    if path.lower().endswith(".avi"):
+        capture = cv2.VideoCapture(path, cv2.CAP_OPENCV_MJPEG)
+        if capture.isOpened():
+            return capture, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), True
+    # one decoding thread: FFmpeg's own threads would oversubscribe the cores the DataLoader workers share
     capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
     if not capture.isOpened():
         raise VideoError(f"{path}: not a video OpenCV can open (unknown format, or damaged or missing header)")
-    return capture, max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+    return capture, max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0), False
 
 
-def decode_frames(capture, path, indices, header_frames=0):
-    """RGB frames `indices` (any order, repeats allowed) of an opened video, decoded in one forward walk.
-
-    Frames before a wanted one are only grabbed (decoded, not colour-converted). No seeking: OpenCV's
-    CAP_PROP_POS_FRAMES is not frame-accurate for every codec (B-frames); re-encoded Kinetics clips have few
-    keyframes (x264's default is one per 250 frames), so a seek decodes about as much as the walk; and on
-    12-frame-GOP mp4v files, where seeking was exact, it was only ~1.5x faster for 8 x 32 clips.
-    """
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if len(indices) and indices.min() < 0:
-        raise ValueError(f"{path}: negative frame index {indices.min()}")
-    wanted = {}
-    position = 0  # index of the frame the decoder produces next
+def decode_frames(capture, path, indices, header_frames, seekable):
+    """RGB frames `indices` (any order, repeats allowed) of an opened video. Seekable: only those frames are
+    decoded. Otherwise one forward walk; the frames before a wanted one are only grabbed (not converted)."""
+    wanted, position = {}, 0  # position: the frame the decoder gives next
     for target in np.unique(indices):
-        while position <= target:
-            if not capture.grab():
-                raise stream_ended(path, position, int(target), header_frames)
+        if seekable:  # past the index OpenCV gives the last frame again: the index is the length
+            position = target if target < header_frames and capture.set(cv2.CAP_PROP_POS_FRAMES, int(target)) else -1
+        while not seekable and position < target and capture.grab():
             position += 1
-        ok, bgr = capture.retrieve()  # the grabbed frame is the target
+        ok, bgr = capture.read() if position == target else (False, None)
         if not ok:
-            raise stream_ended(path, position - 1, int(target), header_frames)
+            decodable = header_frames if seekable else position
+            reason = f"the video has {decodable} frames" if decodable >= header_frames else (
+                f"the stream ends after {decodable} decodable frames although the header says {header_frames} (truncated?)")
+            raise VideoError(f"{path}: frame {target} asked for, but {reason}" if decodable else
+                             f"{path}: no frame could be decoded (unreadable video stream)", decodable)
+        position += 1
         wanted[int(target)] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    if not len(indices):
-        height, width = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        return np.zeros((0, height, width, 3), np.uint8)
-    return np.stack([wanted[int(i)] for i in indices])
+    return np.stack([wanted[int(i)] for i in np.asarray(indices).reshape(-1)])
 
 
-def stream_ended(path, decodable, target, header_frames):
-    if decodable == 0:
-        return VideoTooShortError(f"{path}: no frame could be decoded (unreadable video stream)", 0)
-    if header_frames > decodable:
-        reason = f"stream ends after {decodable} decodable frames although the header says {header_frames} (truncated?)"
-    else:
-        reason = f"the video has {decodable} frames"
-    return VideoTooShortError(f"{path}: frame {target} asked for, but {reason}", decodable)
+def read_clip(path, choose_indices):
+    """Frames at choose_indices(frame count) (an int array of any shape) -> array of shape indices.shape + (H, W, 3).
+    FFmpeg's headers only estimate some lengths: when the stream ends early, the indices are chosen again for
+    the frames that did decode (a header without a count reads as endless, so that the walk finds the end)."""
+    capture, header_frames, seekable = open_video(path)
+    try:
+        try:
+            indices = choose_indices(header_frames or 1 << 40)
+            clip = decode_frames(capture, path, indices, header_frames, seekable)
+        except VideoError as error:
+            if not error.decodable:
+                raise
+            capture.release()
+            capture = open_video(path)[0]
+            indices = choose_indices(error.decodable)
+            clip = decode_frames(capture, path, indices, header_frames, seekable)
+        return clip.reshape(indices.shape + clip.shape[1:])
+    finally:
+        capture.release()
 
 
 def read_frames(path, indices):
     """uint8 RGB array (len(indices), H, W, 3): frame i is the i-th decoded frame. Raises VideoError."""
-    capture, header_frames = open_video(path)
-    try:
-        return decode_frames(capture, os.fspath(path), indices, header_frames)
-    finally:
-        capture.release()
-
-
-def count_frames(capture):
-    count = 0
-    while capture.grab():
-        count += 1
-    return count
-
-
-def read_clip(path, choose_indices):
-    """Frames at choose_indices(num_frames) (an int array of any shape) -> array of shape indices.shape + (H, W, 3).
-
-    Headers only estimate the length (often by a frame or two), so when the walk ends early the indices are
-    chosen again for the length actually decoded; a header without a count is counted by decoding.
-    """
-    capture, header_frames = open_video(path)
-    try:
-        num_frames = header_frames
-        if num_frames == 0:
-            num_frames = count_frames(capture)
-            capture.release()
-            capture, _ = open_video(path)
-        if num_frames == 0:
-            raise VideoError(f"{path}: no frame could be decoded (unreadable video stream)")
-        indices = choose_indices(num_frames)
-        try:
-            frames = decode_frames(capture, path, indices, header_frames)
-        except VideoTooShortError as error:
-            if error.decodable == 0:
-                raise
-            capture.release()
-            capture, _ = open_video(path)
-            indices = choose_indices(error.decodable)
-            frames = decode_frames(capture, path, indices, header_frames)
-        return frames.reshape(indices.shape + frames.shape[1:])
-    finally:
-        capture.release()
+    return read_clip(os.fspath(path), lambda frames: np.asarray(indices, dtype=np.int64).reshape(-1))
 
 
 # -----------------------------------------------------------------------------
@@ -193,9 +134,7 @@ def read_clip(path, choose_indices):
 
 def fitting_stride(video_frames, num_frames, stride):
     """The largest stride <= `stride` whose clip fits in the video; 0 when even stride 1 does not fit."""
-    if num_frames == 1:
-        return stride
-    return min(stride, (video_frames - 1) // (num_frames - 1))
+    return min(stride, (video_frames - 1) // max(num_frames - 1, 1))
 
 
 def stretched_clip(video_frames, num_frames):
@@ -256,12 +195,9 @@ def adjust_saturation(clip, factor):
 
 
 def adjust_hue(clip, shift):
-    shifted = []
-    for frame in clip:
-        hsv = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV)  # float input: hue in degrees [0, 360)
-        hsv[..., 0] = (hsv[..., 0] + 360 * shift) % 360
-        shifted.append(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB))
-    return np.clip(np.stack(shifted), 0, 1)
+    hsv = np.stack([cv2.cvtColor(frame, cv2.COLOR_RGB2HSV) for frame in clip])  # float: hue in degrees [0, 360)
+    hsv[..., 0] = (hsv[..., 0] + 360 * shift) % 360
+    return np.clip(np.stack([cv2.cvtColor(frame, cv2.COLOR_HSV2RGB) for frame in hsv]), 0, 1)
 
 
 def colour_jitter(clip, rng):
@@ -299,23 +235,13 @@ def multiview_transform(clips, img_size, crops):
 # dataset layouts
 
 
-def is_video(name):
-    return not name.startswith(".") and name.lower().endswith(VIDEO_EXTENSIONS)
+def is_video(path):
+    return not os.path.basename(path).startswith(".") and path.lower().endswith(VIDEO_EXTENSIONS)
 
 
 def scan_videos(directory):
-    """Sorted paths of the video files under `directory` (hidden files, e.g. unfinished --resize output, skipped)."""
-    found = []
-    for folder, subfolders, names in os.walk(directory):
-        subfolders.sort()
-        found += [os.path.join(folder, name) for name in sorted(names) if is_video(name)]
-    return found
-
-
-def class_folders(directory):
-    if not os.path.isdir(directory):
-        return set()
-    return {entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith(".")}
+    """Sorted paths of the video files under `directory`; hidden ones (e.g. unfinished --resize output) skipped."""
+    return sorted(p for p in glob.glob(os.path.join(directory, "**", "*"), recursive=True) if is_video(p))
 
 
 def folder_layout(root, split):
@@ -323,60 +249,43 @@ def folder_layout(root, split):
     if not os.path.isdir(split_dir):
         raise ValueError(f"{split_dir}: folder not found (expected {root}/{split}/<class>/<video>, "
                          f"or pass annotations= for a CSV or list file)")
-    classes = sorted(class_folders(split_dir) | class_folders(os.path.join(root, "train")))
-    videos, labels = [], []
-    for label, name in enumerate(classes):
-        paths = scan_videos(os.path.join(split_dir, name))
-        videos += paths
-        labels += [label] * len(paths)
-    return videos, labels, classes
-
-
-def kinetics_csv_rows(lines, annotations, split):
-    """[(video name without extension, class name)] of an official Kinetics CSV; with a `split` column, the rows
-    of `split` only (Kinetics writes "val" or "validate" for the validation split)."""
-    reader = csv.DictReader(lines)
-    missing = {"label", "youtube_id", "time_start", "time_end"} - set(reader.fieldnames or ())
-    if missing:
-        raise ValueError(f"{annotations}: Kinetics CSV without column(s) {', '.join(sorted(missing))}")
-    wanted = {split, "validate", "validation"} if split == "val" else {split}
-    try:
-        return [(f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}",
-                 row["label"]) for row in reader if row.get("split") in wanted or "split" not in row]
-    except (TypeError, ValueError):
-        raise ValueError(f"{annotations}: line {reader.line_num}: time_start/time_end are not numbers") from None
-
-
-def list_file_rows(lines, annotations):
-    """[(relative path without extension, label index)] of an mmaction2-style list file."""
-    rows = []
-    for number, line in enumerate(lines, 1):
-        parts = line.rsplit(maxsplit=1)
-        if len(parts) == 2 and parts[1].isdigit():
-            rows.append((os.path.normpath(os.path.splitext(parts[0])[0]), int(parts[1])))
-        elif parts:
-            raise ValueError(f"{annotations}: line {number}: expected 'relative/path label_index', got {line.strip()!r}")
-    return rows
+    classes = sorted({e.name for folder in (split_dir, os.path.join(root, "train")) if os.path.isdir(folder)
+                      for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")})
+    found = [(path, label) for label, name in enumerate(classes) for path in scan_videos(os.path.join(split_dir, name))]
+    return [path for path, _ in found], [label for _, label in found], classes
 
 
 def listed_layout(root, split, annotations):
+    """Videos, labels and classes of a Kinetics CSV or an mmaction2 list file."""
     try:
         with open(annotations, newline="") as f:
             lines = f.read().splitlines()
     except UnicodeDecodeError:
         raise ValueError(f"{annotations}: not a text file (a Kinetics CSV or a list file is)") from None
     video_dir = os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root
-    is_kinetics_csv = bool(lines) and "youtube_id" in lines[0]
-    on_disk = {}
+    kinetics = bool(lines) and "youtube_id" in lines[0]
+    on_disk = {}  # video name (path for list files) without extension -> path
     for path in scan_videos(video_dir):
-        name = os.path.basename(path) if is_kinetics_csv else os.path.relpath(path, video_dir)
-        on_disk.setdefault(os.path.normpath(os.path.splitext(name)[0]), path)
-    if is_kinetics_csv:
-        rows = kinetics_csv_rows(lines, annotations, split)
+        on_disk.setdefault(os.path.splitext(os.path.basename(path) if kinetics else os.path.relpath(path, video_dir))[0],
+                           path)
+    if kinetics:
+        reader = csv.DictReader(lines)
+        if not {"label", "youtube_id", "time_start", "time_end"} <= set(reader.fieldnames):
+            raise ValueError(f"{annotations}: a Kinetics CSV needs the columns label,youtube_id,time_start,time_end")
+        wanted = {split, "validate", "validation"} if split == "val" else {split}  # Kinetics writes either
+        try:
+            rows = [(f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}", r["label"])
+                    for r in reader if r.get("split", split) in wanted]
+        except (TypeError, ValueError):
+            raise ValueError(f"{annotations}: line {reader.line_num}: time_start/time_end are not numbers") from None
         classes = sorted({name for _, name in rows})
         rows = [(key, classes.index(name)) for key, name in rows]
     else:
-        rows = list_file_rows(lines, annotations)
+        rows = [line.rsplit(maxsplit=1) for line in lines if line.strip()]
+        bad = next((n for n, r in enumerate(rows, 1) if len(r) != 2 or not r[1].isdigit()), None)
+        if bad:
+            raise ValueError(f"{annotations}: line {bad}: expected 'relative/path label_index', got {rows[bad - 1]}")
+        rows = [(os.path.normpath(os.path.splitext(path)[0]), int(label)) for path, label in rows]
         classes = [str(i) for i in range(max((label for _, label in rows), default=-1) + 1)]
     found = [(on_disk[key], label) for key, label in rows if key in on_disk]
     if not found:
@@ -388,36 +297,31 @@ def listed_layout(root, split, annotations):
 
 
 class KineticsDataset(Dataset):
-    """(video, label) items: train (3, T, img_size, img_size), test (clips * crops, 3, T, img_size, img_size),
-    float32 in [-1, 1].
+    """(video, label) items, float32 in [-1, 1]: train (3, T, img_size, img_size), test (clips * crops, 3, T, ...).
 
-    A video that raises VideoError is reported once (when `report`) and marked in `broken`, memory shared with
-    the DataLoader workers, so that no worker decodes it again. Training replaces it by the next good video;
-    a test item is None instead (collate_readable drops it), so that no video is counted twice.
-    The augmentation of item i draws from a generator seeded with (*epoch_seed, i, video): it depends on
-    nothing else (not on workers, ranks, or which videos turned out broken before), so runs resume exactly.
+    A video that raises VideoError is reported once (when `report`) and marked in `broken`, memory shared with the
+    DataLoader workers so that none decodes it again. Training takes the next good video instead; a test item is
+    None (collate_readable drops it), so that no video counts twice. The augmentation of item i draws from a
+    generator seeded with (*epoch_seed, i, video) and nothing else (not workers, ranks, or which videos turned out
+    broken before), so that a run resumes exactly.
     """
 
     def __init__(self, root, split="train", *, train=None, annotations=None, num_frames=8, stride=32, img_size=224,
                  clips=10, crops=3, short_side=(224, 330), report=True):
-        for name, value in dict(num_frames=num_frames, stride=stride, img_size=img_size, clips=clips,
-                                crops=crops).items():
+        sizes = dict(num_frames=num_frames, stride=stride, img_size=img_size, clips=clips, crops=crops)
+        for name, value in sizes.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"KineticsDataset: {name} must be a positive integer, got {value!r}")
-        root = os.fspath(root)
         if not os.path.isdir(root):
             raise ValueError(f"{root}: dataset folder not found")
-        self.root, self.train = root, split == "train" if train is None else train
-        self.num_frames, self.stride, self.img_size, self.clips, self.crops = num_frames, stride, img_size, clips, crops
-        self.short_side = tuple(short_side)
-        if annotations is None:
-            self.videos, self.labels, self.classes = folder_layout(root, split)
-        else:
-            self.videos, self.labels, self.classes = listed_layout(root, split, os.fspath(annotations))
+        self.root, self.train, self.short_side = os.fspath(root), split == "train" if train is None else train, short_side
+        self.num_frames, self.stride, self.img_size, self.clips, self.crops = sizes.values()
+        self.videos, self.labels, self.classes = (folder_layout(self.root, split) if annotations is None else
+                                                  listed_layout(self.root, split, os.fspath(annotations)))
         if not self.videos:
-            raise ValueError(f"{os.path.join(root, split)}: no videos found ({', '.join(VIDEO_EXTENSIONS)})")
-        # plain shared memory, no lock: one byte per video written by whichever worker finds it broken; a lock
-        # created here could not be passed to workers started with 'spawn'
+            raise ValueError(f"{os.path.join(self.root, split)}: no videos found ({', '.join(VIDEO_EXTENSIONS)})")
+        # one byte per video, written by whichever worker finds it broken; no lock: a lock made here could not
+        # be passed to workers started with 'spawn'
         self.broken = multiprocessing.RawArray("b", len(self.videos))
         self.report, self.epoch_seed = report, (0, 0)
 
@@ -426,7 +330,7 @@ class KineticsDataset(Dataset):
 
     @property
     def skipped(self):
-        """Number of broken videos met so far, by this process and all its DataLoader workers."""
+        """Broken videos met so far, by this process and all its DataLoader workers."""
         return int(np.frombuffer(self.broken, dtype=np.int8).sum())
 
     def __getitem__(self, index):
@@ -448,20 +352,16 @@ class KineticsDataset(Dataset):
     def try_load(self, i, rng):
         """(clip, label), or None for a broken video, which is then marked and reported."""
         try:
-            return self.load(i, rng), self.labels[i]
+            if self.train:
+                frames = read_clip(self.videos[i], lambda n: train_clip_indices(n, self.num_frames, self.stride, rng))
+                return train_transform(frames, self.img_size, self.short_side, rng), self.labels[i]
+            return test_views(self.videos[i], self.num_frames, self.stride, self.img_size, self.clips,
+                              self.crops), self.labels[i]
         except VideoError as error:
-            if not self.broken[i]:
-                self.broken[i] = 1
-                if self.report:
-                    print(f"data: skipping broken video: {error}", file=sys.stderr, flush=True)
+            if not self.broken[i] and self.report:
+                print(f"data: skipping broken video: {error}", file=sys.stderr, flush=True)
+            self.broken[i] = 1
             return None
-
-    def load(self, i, rng=None):
-        path = self.videos[i]
-        if self.train:
-            frames = read_clip(path, lambda n: train_clip_indices(n, self.num_frames, self.stride, rng))
-            return train_transform(frames, self.img_size, self.short_side, rng)
-        return test_views(path, self.num_frames, self.stride, self.img_size, self.clips, self.crops)
 
 
 def test_views(path, num_frames, stride, img_size, clips=10, crops=3):
@@ -515,53 +415,82 @@ def check_writable(path):
 
 
 # -----------------------------------------------------------------------------
-# synthetic dataset
+# the prepared copy (--resize) and the synthetic dataset: indexed MJPEG .avi files
 
 
-@contextlib.contextmanager
-def c_stderr_silenced():
-    """Silence C-level stderr: OpenCV fprintf's a codec-tag notice for MJPEG in MP4 that no log level turns off."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def write_intra_video(path, frames_rgb, fps=25):
-    """MJPEG in an .mp4: every frame coded on its own, so a frame decodes the same whatever came before it."""
-    height, width = frames_rgb.shape[1:3]
-    with c_stderr_silenced():
-        writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+def mjpeg_writer(path, fps, width, height):
+    """OpenCV's own MJPEG .avi writer: every frame one JPEG, and an index by which the reader seeks exactly."""
+    writer = cv2.VideoWriter(path, cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
     if not writer.isOpened():
-        raise VideoError(f"{path}: OpenCV cannot write MJPEG video here")
-    for frame in frames_rgb:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
+        raise VideoError(f"{path}: OpenCV cannot write MJPEG .avi here")
+    writer.set(cv2.VIDEOWRITER_PROP_QUALITY, MJPEG_QUALITY)
+    return writer
+
+
+def prepare_video(job):
+    """job (source, target, short_side): write `target` (.avi), every frame of `source` with its short side made
+    `short_side` (never larger). Returns a broken video's error instead of raising it: a pool goes on."""
+    source, target, short_side = job
+    partial = os.path.join(os.path.dirname(target), "." + os.path.basename(target))  # hidden: never scanned
+    capture = writer = None
+    written = 0
+    try:
+        capture = open_video(source)[0]
+        while (frame := capture.read()[1]) is not None:
+            if writer is None:
+                scale = min(1.0, short_side / min(frame.shape[:2]))
+                size = (round(frame.shape[1] * scale), round(frame.shape[0] * scale))
+                writer = mjpeg_writer(partial, capture.get(cv2.CAP_PROP_FPS) or 30.0, *size)
+            writer.write(cv2.resize(frame, size, interpolation=cv2.INTER_AREA) if scale < 1 else frame)
+            written += 1
+        if not written:
+            raise VideoError(f"{source}: no frame could be decoded")
+    except VideoError as error:
+        return str(error)
+    finally:
+        for stream in (capture, writer):
+            if stream is not None:
+                stream.release()
+    os.replace(partial, target)
+
+
+def resize_dataset(source_root, target_root, short_side, workers):
+    """The prepared copy: the same layout, each video an MJPEG .avi with its short side at `short_side`, other files
+    copied. Resumable: a video whose .avi exists is skipped (each is written under a hidden name, then renamed)."""
+    source_root, target_root = os.path.abspath(source_root), os.path.abspath(target_root)
+    if not os.path.isdir(source_root) or short_side < 2 or os.path.commonpath([source_root, target_root]) == source_root:
+        raise ValueError(f"--resize {source_root} {target_root}: the source must be a folder, the target outside it, "
+                         f"and --short-side at least 2")
+    jobs = []
+    for path in sorted(glob.glob(os.path.join(source_root, "**", "*"), recursive=True)):
+        target = os.path.join(target_root, os.path.relpath(path, source_root))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if is_video(path) and not os.path.exists(os.path.splitext(target)[0] + ".avi"):
+            jobs.append((path, os.path.splitext(target)[0] + ".avi", short_side))
+        elif os.path.isfile(path) and not is_video(path) and not os.path.exists(target):
+            shutil.copy2(path, target)
+    with multiprocessing.Pool(max(1, workers)) as pool:
+        failures = [f for f in tqdm(pool.imap_unordered(prepare_video, jobs), total=len(jobs), desc="preparing") if f]
+    for failure in failures:
+        print(f"data: skipping broken video: {failure}", file=sys.stderr)
+    print(f"prepared {len(jobs) - len(failures)} videos in {target_root} ({len(failures)} broken, skipped)")
+    return failures
 
 
 def synthetic_clip(rng, num_frames, size):
-    """uint8 RGB (num_frames, size, size, 3): one bright object moving down over a plain dark background.
-    The background is plain on purpose: over a colourful one, a ViT trained from scratch on a CPU spends
-    its first thousand steps on the background and never finds the motion."""
+    """uint8 RGB (num_frames, size, size, 3): one bright disk or square moving down over a plain dark background
+    (over a colourful one, a ViT trained from scratch on a CPU spends its first thousand steps on the background)."""
     background = np.broadcast_to(rng.uniform(0, 60, 3).astype(np.uint8), (size, size, 3))
     colour = tuple(int(c) for c in rng.integers(150, 256, 3))
-    # One random zoom sets both size and speed: training crops magnify 1.09-1.47x (the paper's scale
-    # augmentation), so zooms from 0.6 put the test views, which are not magnified, inside the training range.
+    # One random zoom sets both size and speed: training crops magnify 1.0-1.47x (the scale augmentation), so
+    # zooms from 0.6 put the test views, which are not magnified, inside the range training sees.
     zoom = rng.uniform(0.6, 1.0)
     radius, travel = 0.15 * zoom * size, 0.7 * zoom * size  # travel over the video also sets the speed
-    y0 = rng.uniform(radius, size - radius - travel)
-    x = rng.uniform(radius, size - radius)
-    square = rng.random() < 0.5
+    y0, x, square = rng.uniform(radius, size - radius - travel), rng.uniform(radius, size - radius), rng.random() < 0.5
     fixed_point = lambda xy: np.round(np.asarray(xy) * 16).astype(np.int32)  # 4 fractional bits: smooth motion
     frames = np.repeat(background[None], num_frames, axis=0)
     for t, frame in enumerate(frames):
-        progress = t / max(num_frames - 1, 1)
-        centre = np.array([x, y0 + progress * travel])
+        centre = np.array([x, y0 + t / max(num_frames - 1, 1) * travel])
         if square:
             corners = centre + radius * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]])
             cv2.fillPoly(frame, [fixed_point(corners)], colour, cv2.LINE_AA, 4)
@@ -571,28 +500,17 @@ def synthetic_clip(rng, num_frames, size):
 
 
 def make_synthetic(root, *, train_per_class=100, val_per_class=25, num_frames=32, size=96, seed=0):
-    """Write a two-class temporal dataset in the folder layout; returns the class names ["down", "up"].
-
-    Construction: for each pair k of a split, draw one clip X (synthetic_clip: a disk or square of random size
-    and colour over a plain dark background, moving straight down by 42-70 % of the frame height, hence random
-    speed) and write X as {split}/down/{k:04d}.mp4 and X played backwards as
-    {split}/up/{k:04d}.mp4. The two videos of a pair hold the same frames, so the multiset of frames (and, as
-    the sampling is symmetric under reversal, that of any sampled clip) says nothing about the class: a
-    frame-wise model with temporal averaging is at chance by construction, only frame order tells the classes
-    apart. Vertical rather than left/right motion because training flips frames horizontally. Frames are coded
-    as MJPEG (intra-only): inter-frame codecs such as mp4v leave direction-dependent artefacts in each frame.
-
-    Deterministic given `seed`. Reuses `root` if it already holds a dataset made with the same settings;
-    writes to a temporary folder renamed into place, so an interrupted run leaves nothing half-written.
-    """
+    """A two-class dataset in the folder layout, reused if `root` holds one made with these settings; returns the
+    classes. Pair k of a split is one clip X (synthetic_clip) as {split}/down/{k:04d}.avi and X backwards as
+    {split}/up/{k:04d}.avi: the same frames (and the sampling is symmetric in time), so a frame-wise model with
+    temporal averaging is at chance by construction. Vertical motion, as training flips frames horizontally;
+    intra-only MJPEG, as inter-frame codecs leave direction-dependent artefacts in each frame."""
     root = os.path.abspath(os.fspath(root))
     settings = dict(train_per_class=train_per_class, val_per_class=val_per_class, num_frames=num_frames,
                     size=size, seed=seed, classes=list(SYNTHETIC_CLASSES), version=SYNTHETIC_VERSION)
-    marker = os.path.join(root, "synthetic.json")
-    if os.path.isfile(marker):
-        with open(marker) as f:
-            if json.load(f) == settings:
-                return list(SYNTHETIC_CLASSES)
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(root, "synthetic.json")) as f:
+        if json.load(f) == settings:
+            return list(SYNTHETIC_CLASSES)
     if os.path.isdir(root) and os.listdir(root):
         raise FileExistsError(f"{root}: exists and is not a synthetic dataset made with these settings; "
                               f"remove it or choose another folder")
@@ -602,15 +520,15 @@ def make_synthetic(root, *, train_per_class=100, val_per_class=25, num_frames=32
     staging = tempfile.mkdtemp(prefix=".synthetic-", dir=os.path.dirname(root))
     try:
         rng = np.random.default_rng(seed)
-        with tqdm(total=2 * (train_per_class + val_per_class), desc="synthetic videos", leave=False) as bar:
-            for split, pairs in (("train", train_per_class), ("val", val_per_class)):
-                for name in SYNTHETIC_CLASSES:
-                    os.makedirs(os.path.join(staging, split, name))
-                for k in range(pairs):
-                    clip = synthetic_clip(rng, num_frames, size)
-                    write_intra_video(os.path.join(staging, split, "down", f"{k:04d}.mp4"), clip)
-                    write_intra_video(os.path.join(staging, split, "up", f"{k:04d}.mp4"), clip[::-1])
-                    bar.update(2)
+        for split, pairs in (("train", train_per_class), ("val", val_per_class)):
+            for k in tqdm(range(pairs), desc=f"synthetic {split} videos", leave=False):
+                clip = synthetic_clip(rng, num_frames, size)
+                for name, frames in (("down", clip), ("up", clip[::-1])):
+                    os.makedirs(os.path.join(staging, split, name), exist_ok=True)
+                    writer = mjpeg_writer(os.path.join(staging, split, name, f"{k:04d}.avi"), 25, size, size)
+                    for frame in frames:
+                        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+                    writer.release()
         with open(os.path.join(staging, "synthetic.json"), "w") as f:
             json.dump(settings, f)
         os.replace(staging, root)
@@ -620,129 +538,63 @@ def make_synthetic(root, *, train_per_class=100, val_per_class=25, num_frames=32
 
 
 # -----------------------------------------------------------------------------
-# pre-resizing
-
-
-def resized_shape(height, width, short_side):
-    scale = short_side / min(height, width)
-    even = lambda n: max(2, int(round(n * scale / 2)) * 2)  # MPEG-4 wants even sizes
-    return even(height), even(width)
-
-
-def resize_video(source, target_stem, short_side):
-    """Write target_stem + '.mp4' (mp4v) with the short side at `short_side`; smaller videos are copied as they are."""
-    capture, _ = open_video(source)
-    try:
-        height, width = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        if min(height, width) <= short_side:
-            target = target_stem + os.path.splitext(source)[1]
-            partial = os.path.join(os.path.dirname(target), "." + os.path.basename(target))
-            shutil.copyfile(source, partial)
-            os.replace(partial, target)
-            return
-        new_height, new_width = resized_shape(height, width, short_side)
-        fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
-        target = target_stem + ".mp4"
-        partial = os.path.join(os.path.dirname(target), "." + os.path.basename(target))  # hidden: never scanned
-        writer = cv2.VideoWriter(partial, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"mp4v"), fps, (new_width, new_height))
-        written = 0
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            writer.write(cv2.resize(frame, (new_width, new_height), interpolation=cv2.INTER_AREA))
-            written += 1
-        writer.release()
-        if written == 0:
-            os.remove(partial)
-            raise VideoError(f"{source}: no frame could be decoded (unreadable video stream)")
-        os.replace(partial, target)
-    finally:
-        capture.release()
-
-
-def resize_job(job):
-    """Worker-side wrapper: returns an error message instead of raising, so one bad video never stops the pool."""
-    source, target_stem, short_side = job
-    try:
-        resize_video(source, target_stem, short_side)
-    except VideoError as error:
-        return str(error)
-    return None
-
-
-def resize_dataset(source_root, target_root, short_side, workers):
-    """Copy a dataset, same layout, videos re-encoded with their short side at `short_side`; other files copied.
-
-    Resumable: videos already in the target are skipped (they are written under a hidden name, then renamed).
-    """
-    source_root, target_root = os.path.abspath(source_root), os.path.abspath(target_root)
-    if not os.path.isdir(source_root):
-        raise ValueError(f"{source_root}: dataset folder not found")
-    if short_side < 2:
-        raise ValueError(f"--short-side must be at least 2, got {short_side}")
-    if target_root == source_root or target_root.startswith(source_root + os.sep):
-        raise ValueError(f"{target_root}: the target must not be inside the source folder {source_root}")
-    jobs = []
-    for folder, subfolders, names in os.walk(source_root):
-        subfolders.sort()
-        out_folder = os.path.join(target_root, os.path.relpath(folder, source_root))
-        os.makedirs(out_folder, exist_ok=True)
-        for name in sorted(names):
-            source = os.path.join(folder, name)
-            if not is_video(name):
-                if not name.startswith(".") and not os.path.exists(os.path.join(out_folder, name)):
-                    shutil.copy2(source, os.path.join(out_folder, name))
-                continue
-            stem = os.path.join(out_folder, os.path.splitext(name)[0])
-            if not (os.path.exists(stem + ".mp4") or os.path.exists(os.path.join(out_folder, name))):
-                jobs.append((source, stem, short_side))
-    failures = []
-    with multiprocessing.Pool(max(1, workers)) as pool:
-        for failure in tqdm(pool.imap_unordered(resize_job, jobs), total=len(jobs), desc="resizing videos"):
-            if failure:
-                failures.append(failure)
-                tqdm.write(f"data: skipping broken video: {failure}", file=sys.stderr)
-    print(f"resized {len(jobs) - len(failures)} videos into {target_root} ({len(failures)} broken, skipped)")
-    return failures
-
-
-# -----------------------------------------------------------------------------
 # benchmark
 
 
-def naive_train_clip(path, num_frames, stride, size):
-    """The loop data.py replaces: decode and convert every frame, then pick the clip."""
-    capture = cv2.VideoCapture(path)
-    frames = []
-    while True:
-        ok, bgr = capture.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+def decord_item(dataset, i):
+    """Training item i with decord's get_batch as the decoder: the yardstick mmaction2 uses, never a dependency."""
+    import decord
+    rng = np.random.default_rng([*dataset.epoch_seed, i, i])
+    reader = decord.VideoReader(dataset.videos[i], num_threads=1)
+    frames = reader.get_batch(train_clip_indices(len(reader), dataset.num_frames, dataset.stride, rng).tolist())
+    return train_transform(frames.asnumpy(), dataset.img_size, dataset.short_side, rng)
+
+
+def frames_decoded(dataset, i):
+    """Frames the decoder decodes for training item i: the clip's own when it seeks, else all up to the last."""
+    capture, frames, seekable = open_video(dataset.videos[i])
     capture.release()
-    indices = train_clip_indices(len(frames), num_frames, stride)
-    return train_transform(np.stack([frames[i] for i in indices]), size)
+    indices = train_clip_indices(frames, dataset.num_frames, dataset.stride,
+                                 np.random.default_rng([*dataset.epoch_seed, i, i]))  # the item's own draw
+    return len(np.unique(indices)) if seekable else indices.max() + 1
 
 
-def benchmark(root, split, workers, clips, size, num_frames, stride):
-    dataset = KineticsDataset(root, split, train=True, num_frames=num_frames, stride=stride, size=size)
-    order = torch.randperm(len(dataset)).tolist()
-    paths = [dataset.videos[order[i % len(order)]] for i in range(clips)]
-    start = time.perf_counter()
-    for path in tqdm(paths, desc="naive decode-every-frame", leave=False):
-        naive_train_clip(path, num_frames, stride, size)
-    naive = clips / (time.perf_counter() - start)
-    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=clips + 1)
-    loader = DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=workers)
-    batches = iter(loader)
-    next(batches)  # not timed: worker start-up
-    start = time.perf_counter()
-    for _ in tqdm(range(clips), desc="data.py", leave=False):
-        next(batches)
-    ours = clips / (time.perf_counter() - start)
-    print(f"{root} ({split}, {num_frames}x{stride}, {size}px crops): naive decode-every-frame {naive:.1f} clips/s, "
-          f"data.py with {workers} worker(s) {ours:.1f} clips/s ({ours / naive:.1f}x)")
+def benchmark(roots, *, annotations=None, split="train", workers=1, clips=100, img_size=224, num_frames=8,
+              stride=32, gpu_clips=450):
+    """Training clips/s of each dataset (the whole item: decoding, random short side and crop, flip, jitter) on one
+    core (one process, one thread), decord beside it when installed, then with `workers` DataLoader workers.
+    The datasets take turns clip by clip, so that the noise of a shared machine hits them alike."""
+    torch.set_num_threads(1)
+    sets = {root: KineticsDataset(root, split, annotations=annotations, num_frames=num_frames, stride=stride,
+                                  img_size=img_size) for root in roots}
+    picks = [turn * 7919 % min(map(len, sets.values())) for turn in range(clips)]  # the same videos, scattered
+    ways = {"data.py": KineticsDataset.__getitem__}
+    if importlib.util.find_spec("decord"):
+        ways["decord"] = decord_item
+    seconds = {(root, way): [] for root in roots for way in ways}
+    for i in tqdm(picks, desc="one core", leave=False):
+        for (root, way), times in seconds.items():
+            start = time.perf_counter()
+            with contextlib.suppress(Exception):  # a broken video: data.py skips it, decord raises
+                ways[way](sets[root], i)
+                times.append(time.perf_counter() - start)
+    for root, dataset in sets.items():
+        rate = {way: len(seconds[root, way]) / max(sum(seconds[root, way]), 1e-9) for way in ways}
+        readable = [i for i in dict.fromkeys(picks) if not dataset.broken[i]]
+        decoded = np.mean([frames_decoded(dataset, i) for i in readable])
+        per_frame = sum(os.path.getsize(dataset.videos[i]) for i in readable) / sum(
+            max(open_video(dataset.videos[i])[1], 1) for i in readable)
+        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=clips + workers)
+        batches = iter(DataLoader(dataset, batch_size=1, num_workers=workers, sampler=sampler))
+        for _ in range(workers):  # not timed: the workers' start
+            next(batches)
+        start = time.perf_counter()
+        parallel = sum(1 for _ in batches) / (time.perf_counter() - start)
+        print(f"{root}: one core {rate['data.py']:.1f} clips/s ({decoded:.0f} frames decoded per clip)"
+              + (f", decord {rate['decord']:.1f} clips/s" if "decord" in rate else "")
+              + f"; {workers} workers {parallel:.1f} clips/s; {per_frame / 1e3:.1f} kB per frame "
+              f"({per_frame * 240e3 * 300 / 1e12:.2f} TB for Kinetics-400's 240k ten-second clips of 300 frames); "
+              f"{gpu_clips:g} clips/s, the paper's model on a GPU, needs {gpu_clips / rate['data.py']:.1f} such cores")
 
 
 # -----------------------------------------------------------------------------
@@ -750,32 +602,42 @@ def benchmark(root, split, workers, clips, size, num_frames, stride):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Kinetics video data tools for MSCA")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = refuse
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--make-synthetic", metavar="DIR", help="write the synthetic temporal dataset to DIR")
-    mode.add_argument("--resize", nargs=2, metavar=("SRC", "DST"), help="write a copy of SRC with smaller videos to DST")
-    mode.add_argument("--benchmark", metavar="ROOT", help="print training clips/s for the dataset at ROOT")
+    mode.add_argument("--resize", nargs=2, metavar=("SRC", "DST"), help="write the prepared copy of SRC to DST")
+    mode.add_argument("--benchmark", nargs="+", metavar="ROOT", help="training clips/s of each dataset")
     parser.add_argument("--seed", type=int, default=0, help="--make-synthetic: random seed")
-    parser.add_argument("--short-side", type=int, default=320, help="--resize: short side in pixels")
+    parser.add_argument("--short-side", type=int, default=320, help="--resize: short side in pixels (default 320)")
     parser.add_argument("--workers", type=int, default=None,
                         help="--resize: processes (default: all cores); --benchmark: DataLoader workers (default 1)")
+    parser.add_argument("--annotations", help="--benchmark: the videos' list (Kinetics CSV or list file)")
     parser.add_argument("--split", default="train", help="--benchmark: split folder")
-    parser.add_argument("--clips", type=int, default=40, help="--benchmark: clips to time")
+    parser.add_argument("--clips", type=int, default=100, help="--benchmark: clips to time")
     parser.add_argument("--size", type=int, default=224, help="--benchmark: crop size")
     parser.add_argument("--frames", type=int, default=8, help="--benchmark: frames per clip")
     parser.add_argument("--stride", type=int, default=32, help="--benchmark: frame stride")
-    args = parser.parse_args(argv)
+    parser.add_argument("--gpu-clips", type=float, default=450,
+                        help="--benchmark: clips/s a GPU trains the paper's model at (default 450)")
     try:
+        args = parser.parse_args(argv)
         if args.make_synthetic:
             classes = make_synthetic(args.make_synthetic, seed=args.seed)
             print(f"synthetic dataset with classes {classes} in {args.make_synthetic}")
         elif args.resize:
             resize_dataset(*args.resize, args.short_side, args.workers or os.cpu_count() or 1)
         else:
-            benchmark(args.benchmark, args.split, 1 if args.workers is None else args.workers, args.clips, args.size,
-                      args.frames, args.stride)
+            benchmark(args.benchmark, annotations=args.annotations, split=args.split, workers=args.workers or 1,
+                      clips=args.clips, img_size=args.size, num_frames=args.frames, stride=args.stride,
+                      gpu_clips=args.gpu_clips)
     except (VideoError, ValueError, OSError) as error:
-        sys.exit(f"data.py: {error}")
+        print(f"data.py: error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
+        sys.exit(2)
+
+
+def refuse(message):  # argparse's errors become one line, as all others
+    raise ValueError(message)
 
 
 if __name__ == "__main__":

@@ -69,16 +69,30 @@ def test_read_frames_is_frame_accurate_in_any_order_with_repeats(tmp_path):
         assert [frame_number(f) for f in frames] == indices
 
 
-def test_read_frames_agrees_with_decoding_every_frame(tmp_path):
-    path = numbered_video(tmp_path / "n.mp4", 30)
-    capture, every_frame = cv2.VideoCapture(path), []
-    while True:
-        ok, bgr = capture.read()
-        if not ok:
-            break
-        every_frame.append(bgr[..., ::-1])
-    indices = [29, 4, 11]
-    assert np.array_equal(data.read_frames(path, indices), np.stack([every_frame[i] for i in indices]))
+def every_frame(path, backend):
+    """The reference: decode every frame, first to last, with `backend`; RGB."""
+    capture, frames = cv2.VideoCapture(str(path), backend), []
+    while (bgr := capture.read()[1]) is not None:
+        frames.append(bgr[..., ::-1])
+    return np.stack(frames)
+
+
+@pytest.mark.parametrize("fourcc, ext, backend", [
+    ("mp4v", ".mp4", cv2.CAP_FFMPEG),  # inter-frame codec: decoded forward
+    ("MJPG", ".mp4", cv2.CAP_FFMPEG),  # intra-only, but not an .avi: decoded forward
+    ("prepared", ".avi", cv2.CAP_OPENCV_MJPEG),  # the prepared copy: seeks through the AVI index
+])
+def test_read_frames_agrees_with_decoding_every_frame(tmp_path, fourcc, ext, backend):
+    if fourcc == "prepared":
+        numbered_video(tmp_path / "src" / "n.mp4", 60)
+        assert data.resize_dataset(tmp_path / "src", tmp_path / "dst", short_side=48, workers=1) == []
+        path = tmp_path / "dst" / "n.avi"
+    else:
+        path = numbered_video(tmp_path / f"n{ext}", 60, fourcc)
+    reference = every_frame(path, backend)
+    assert len(reference) == 60 and [frame_number(f) for f in reference] == list(range(60))
+    indices = [59, 4, 11, 4, 33, 0, 58, 32]
+    assert np.array_equal(data.read_frames(path, indices), reference[indices])
 
 
 def test_read_frames_returns_rgb(tmp_path):
@@ -395,12 +409,12 @@ def test_synthetic_layout_determinism_and_reuse(tmp_path):
     assert classes == ["down", "up"]
     for split, count in (("train", 3), ("val", 1)):
         for name in classes:
-            assert sorted(os.listdir(tmp_path / "a" / split / name)) == [f"{k:04d}.mp4" for k in range(count)]
+            assert sorted(os.listdir(tmp_path / "a" / split / name)) == [f"{k:04d}.avi" for k in range(count)]
     small_synthetic(tmp_path / "b")
     small_synthetic(tmp_path / "c", seed=1)
-    same = tmp_path / "a" / "train" / "up" / "0002.mp4", tmp_path / "b" / "train" / "up" / "0002.mp4"
+    same = tmp_path / "a" / "train" / "up" / "0002.avi", tmp_path / "b" / "train" / "up" / "0002.avi"
     assert np.array_equal(decode_all(same[0]), decode_all(same[1]))
-    assert not np.array_equal(decode_all(same[0]), decode_all(tmp_path / "c" / "train" / "up" / "0002.mp4"))
+    assert not np.array_equal(decode_all(same[0]), decode_all(tmp_path / "c" / "train" / "up" / "0002.avi"))
     written = os.path.getmtime(same[0])
     assert small_synthetic(tmp_path / "a") == classes and os.path.getmtime(same[0]) == written  # reused
     (tmp_path / "other").mkdir()
@@ -414,8 +428,8 @@ def test_synthetic_layout_determinism_and_reuse(tmp_path):
 def test_synthetic_frames_carry_no_label_only_their_order_does(tmp_path):
     small_synthetic(tmp_path)
     for k in range(3):
-        down = decode_all(tmp_path / "train" / "down" / f"{k:04d}.mp4")
-        up = decode_all(tmp_path / "train" / "up" / f"{k:04d}.mp4")
+        down = decode_all(tmp_path / "train" / "down" / f"{k:04d}.avi")
+        up = decode_all(tmp_path / "train" / "up" / f"{k:04d}.avi")
         # the same set of frames, bit for bit: any frame-wise statistic is identical for both classes
         assert np.array_equal(down, up[::-1])
         assert sorted(f.tobytes() for f in down) == sorted(f.tobytes() for f in up)
@@ -440,28 +454,37 @@ def test_sampling_is_symmetric_under_time_reversal():
 # ----------------------------------------------------------------------------- tools
 
 
-def test_resize_copies_the_layout_with_smaller_videos(tmp_path):
-    source = tmp_path / "src"
-    big = numbered_frame(0, height=120, width=BITS * BLOCK * 2)
-    write_video(source / "train" / "a" / "big.avi", [big] * 6, "MJPG")
-    numbered_video(source / "train" / "b" / "small.mp4", 6)  # 48 px short side: copied as it is
+def test_resize_writes_the_prepared_copy_and_resumes(tmp_path, capsys):
+    source, target = tmp_path / "src", tmp_path / "dst"
+    write_video(source / "train" / "a" / "big.mp4", [numbered_frame(i, height=120, width=192) for i in range(6)])
+    numbered_video(source / "train" / "b" / "small.mp4", 6)  # 48 px short side: never enlarged
     (source / "train" / "b" / "broken.mp4").write_text("garbage")
-    (source / "list.txt").write_text("a/big.avi 0\n")
-    failures = data.resize_dataset(source, tmp_path / "dst", short_side=60, workers=1)
+    (source / "list.txt").write_text("a/big.mp4 0\n")
+    failures = data.resize_dataset(source, target, short_side=60, workers=1)
     assert len(failures) == 1 and "broken.mp4" in failures[0]
-    resized = data.read_frames(tmp_path / "dst" / "train" / "a" / "big.mp4", range(6))
-    assert resized.shape == (6, 60, 96, 3)  # 120 x 192 halved
-    assert (tmp_path / "dst" / "train" / "b" / "small.mp4").read_bytes() == (
-        source / "train" / "b" / "small.mp4").read_bytes()
-    assert (tmp_path / "dst" / "list.txt").read_text() == "a/big.avi 0\n"
-    dataset = data.KineticsDataset(tmp_path / "dst", annotations=tmp_path / "dst" / "list.txt")
-    assert [os.path.basename(p) for p in dataset.videos] == ["big.mp4"]
+    big = data.read_frames(target / "train" / "a" / "big.avi", range(6))
+    assert big.shape == (6, 60, 96, 3) and [frame_number(cv2.resize(f, (192, 120))) for f in big] == list(range(6))
+    small = data.read_frames(target / "train" / "b" / "small.avi", range(6))
+    assert small.shape == (6, 48, BITS * BLOCK, 3) and [frame_number(f) for f in small] == list(range(6))
+    assert (target / "list.txt").read_text() == "a/big.mp4 0\n" and not list(target.rglob(".*"))
+    dataset = data.KineticsDataset(target, annotations=target / "list.txt")  # the list still names .mp4 files
+    assert [os.path.basename(p) for p in dataset.videos] == ["big.avi"]
+    written = os.path.getmtime(target / "train" / "a" / "big.avi")
+    assert len(data.resize_dataset(source, target, short_side=60, workers=1)) == 1  # only the broken one again
+    assert os.path.getmtime(target / "train" / "a" / "big.avi") == written
 
 
-def test_benchmark_prints_clips_per_second(tmp_path, capsys):
-    folder_dataset(tmp_path, videos_per_class=1, num_frames=20)
-    data.benchmark(str(tmp_path), "train", workers=0, clips=2, img_size=16, num_frames=4, stride=4)
-    assert "clips/s" in capsys.readouterr().out
+def test_benchmark_prints_clips_per_second_per_core_and_per_worker(tmp_path, capsys):
+    folder_dataset(tmp_path / "raw", videos_per_class=1, num_frames=40)
+    data.resize_dataset(tmp_path / "raw", tmp_path / "prepared", short_side=48, workers=1)
+    capsys.readouterr()
+    data.benchmark([str(tmp_path / "raw"), str(tmp_path / "prepared")], workers=0, clips=4, img_size=16,
+                   num_frames=4, stride=8)
+    raw, prepared = capsys.readouterr().out.strip().splitlines()
+    for line in (raw, prepared):
+        assert "one core" in line and "0 workers" in line and "kB per frame" in line and "cores" in line
+    # 4 frames 8 apart: the raw mp4v files are walked up to the clip's last frame, the prepared copy seeks
+    assert "(4 frames decoded per clip)" in prepared and "(4 frames decoded per clip)" not in raw
 
 
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path):

@@ -323,7 +323,7 @@ def test_benchmark_survives_broken_videos(videos, tmp_path):
     shutil.copytree(videos, root)
     (root / "train" / CLASSES[0] / "broken.mp4").write_bytes(b"garbage")
     header_only_video(root / "train" / CLASSES[1] / "empty.avi")
-    result = run("data.py", "--benchmark", str(root), "--clips", "4", "--workers", "0", "--img-size", "32",
+    result = run("data.py", "--benchmark", str(root), "--clips", "4", "--workers", "0", "--size", "32",
                  "--frames", "2", "--stride", "2")
     assert result.returncode == 0, result.stderr
     assert "clips/s" in result.stdout and "Traceback" not in result.stderr
