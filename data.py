@@ -5,13 +5,10 @@ broken videos, prepare a copy that decodes fast, and make a synthetic dataset on
     python data.py --resize SRC DST [--short-side 320] [--workers N]   # the prepared copy: MJPEG .avi files
     python data.py --benchmark ROOT [ROOT ...] [--annotations LIST] [--workers N] [--clips 100]
 
-Layouts: root/{split}/{class}/<video> folders; or annotations= a Kinetics CSV (label,youtube_id,time_start,time_end
-[,split]: videos {youtube_id}_{start:06d}_{end:06d}.<any extension> under root/{split} or root; the split's rows
-when it has a split column) or an mmaction2 list file ("relative/path label_index").
-Reading: an indexed MJPEG .avi (what --resize and --make-synthetic write) opens with OpenCV's own reader, which
-seeks to any frame through the AVI index: a clip costs its 8 JPEG decodes. Other videos (Kinetics' H.264) open with
-FFmpeg and are decoded forward to the last frame a clip needs: FFmpeg's seek is not frame-exact for every codec,
-and with x264's keyframe every 250 frames it decodes as much as the walk.
+An indexed MJPEG .avi (what --resize and --make-synthetic write) opens with OpenCV's own reader, which seeks to any
+frame through the AVI index: a clip costs its 8 JPEG decodes. Other videos (Kinetics' H.264) open with FFmpeg and are
+decoded forward to the last frame a clip needs: FFmpeg's seek is not frame-exact for every codec, and with x264's
+keyframe every 250 frames it decodes as much as the walk.
 """
 import argparse
 import contextlib
@@ -40,18 +37,13 @@ from tqdm import tqdm
 
 cv2.setNumThreads(1)  # one thread per DataLoader worker: the workers are the parallelism
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
-MJPEG_QUALITY = 90  # of the prepared copy's JPEGs; 95 costs 1.3x the disk and ~10% of the speed
+MJPEG_QUALITY = 90  # of the prepared copy's JPEGs; 95 costs 1.4x the disk and ~10% of the speed
 FLIP_PROB, JITTER_PROB = 0.5, 0.1
-BRIGHTNESS = (0.5, 2.0)  # multiplicative factor; these four ranges are TokenShift's code's
-SATURATION = (0.5, 3.0)  # blend factor with the grey image
-GAMMA = (0.8, 1.2)  # exponent on [0, 1] pixels
-HUE = (-0.5, 0.5)  # shift as a fraction of the hue circle
 MAX_BROKEN_IN_A_ROW = 32  # this many broken videos in a row: the dataset is broken, not a file
 SYNTHETIC_CLASSES = ("down", "up")
 SYNTHETIC_VERSION = 3  # of synthetic_clip and its file format: a cached dataset of another version is not reused
 
-# -----------------------------------------------------------------------------
-# frame reading
+# frame reading -------------------------------------------------------------------------------------------------------
 
 
 class VideoError(Exception):
@@ -70,7 +62,9 @@ def open_video(path):
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         problem = "not a file" if os.path.exists(path) else "file not found"
         raise VideoError(f"{path}: {'empty file' if os.path.isfile(path) else problem}")
-    if path.lower().endswith(".avi"):
+    with open(path, "rb") as f:
+        riff = f.read(12)  # a whole AVI's RIFF header counts the whole file (OpenCV's parser prints a cut one raw)
+    if riff[8:] == b"AVI " and int.from_bytes(riff[4:8], "little") + 8 == os.path.getsize(path):
         capture = cv2.VideoCapture(path, cv2.CAP_OPENCV_MJPEG)
         if capture.isOpened():
             return capture, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), True
@@ -128,8 +122,7 @@ def read_frames(path, indices):
     return read_clip(os.fspath(path), lambda frames: np.asarray(indices, dtype=np.int64).reshape(-1))
 
 
-# -----------------------------------------------------------------------------
-# sampling: every random number comes from the generator passed in (see KineticsDataset.__getitem__)
+# sampling: every random number comes from the generator passed in (see KineticsDataset.__getitem__) ------------------
 
 
 def fitting_stride(video_frames, num_frames, stride):
@@ -161,8 +154,7 @@ def multiview_clip_indices(video_frames, num_frames, stride, clips):
     return starts[:, None] + step * np.arange(num_frames)
 
 
-# -----------------------------------------------------------------------------
-# augmentation
+# augmentation --------------------------------------------------------------------------------------------------------
 
 
 def random_train_box(height, width, img_size, short_side, rng):
@@ -171,14 +163,6 @@ def random_train_box(height, width, img_size, short_side, rng):
     low, high = (round(img_size * s / 224) for s in short_side)
     side = min(height, width, max(1, round(min(height, width) * img_size / rng.integers(low, high + 1))))
     return int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1)), side
-
-
-def multiview_crop_boxes(height, width, crops):
-    """`crops` squares of the full short side spread along the long side (left/center/right for 3)."""
-    side = min(height, width)
-    slack = max(height, width) - side
-    offsets = np.round(np.linspace(0, slack, crops)).astype(int) if crops > 1 else [slack // 2]
-    return [(0, int(x), side) if width >= height else (int(x), 0, side) for x in offsets]
 
 
 def crop_resize(frames, box, img_size):
@@ -191,25 +175,24 @@ def crop_resize(frames, box, img_size):
 
 def adjust_saturation(clip, factor):
     grey = clip @ np.array([0.299, 0.587, 0.114], np.float32)
-    return np.clip(grey[..., None] + factor * (clip - grey[..., None]), 0, 1)
+    return grey[..., None] + factor * (clip - grey[..., None])
 
 
-def adjust_hue(clip, shift):
+def adjust_hue(clip, shift):  # shift: a fraction of the hue circle
     hsv = np.stack([cv2.cvtColor(frame, cv2.COLOR_RGB2HSV) for frame in clip])  # float: hue in degrees [0, 360)
     hsv[..., 0] = (hsv[..., 0] + 360 * shift) % 360
-    return np.clip(np.stack([cv2.cvtColor(frame, cv2.COLOR_HSV2RGB) for frame in hsv]), 0, 1)
+    return np.stack([cv2.cvtColor(frame, cv2.COLOR_HSV2RGB) for frame in hsv])
+
+
+JITTERS = [((0.5, 2.0), np.multiply), ((0.5, 3.0), adjust_saturation), ((0.8, 1.2), np.power),  # brightness,
+           ((-0.5, 0.5), adjust_hue)]  # saturation, gamma, hue, with the ranges of TokenShift's code
 
 
 def colour_jitter(clip, rng):
-    """float32 (T, H, W, 3) RGB in [0, 1]; each jitter with p = JITTER_PROB, same parameters for every frame."""
-    if rng.random() < JITTER_PROB:
-        clip = np.clip(clip * rng.uniform(*BRIGHTNESS), 0, 1)
-    if rng.random() < JITTER_PROB:
-        clip = adjust_saturation(clip, rng.uniform(*SATURATION))
-    if rng.random() < JITTER_PROB:
-        clip = clip ** rng.uniform(*GAMMA)
-    if rng.random() < JITTER_PROB:
-        clip = adjust_hue(clip, rng.uniform(*HUE))
+    """float32 (T, H, W, 3) RGB in [0, 1]; each jitter with p = JITTER_PROB, the same for every frame."""
+    for (low, high), jitter in JITTERS:
+        if rng.random() < JITTER_PROB:
+            clip = np.clip(jitter(clip, rng.uniform(low, high)), 0, 1)
     return clip.astype(np.float32)
 
 
@@ -226,13 +209,15 @@ def train_transform(frames, img_size, short_side, rng):
 
 
 def multiview_transform(clips, img_size, crops):
-    """uint8 (clips, T, H, W, 3) -> (clips * crops, 3, T, img_size, img_size), clip-major."""
-    boxes = multiview_crop_boxes(*clips.shape[2:4], crops)
+    """uint8 (clips, T, H, W, 3) -> (clips * crops, 3, T, img_size, img_size), clip-major: each clip cut into
+    `crops` squares of the full short side spread along the long side (left/center/right for 3)."""
+    (height, width), side = clips.shape[2:4], min(clips.shape[2:4])
+    offsets = np.round(np.linspace(0, max(height, width) - side, crops) if crops > 1 else [(max(height, width) - side) / 2])
+    boxes = [(0, int(x), side) if width >= height else (int(x), 0, side) for x in offsets]
     return torch.stack([to_tensor(crop_resize(clip, box, img_size) / 255.0) for clip in clips for box in boxes])
 
 
-# -----------------------------------------------------------------------------
-# dataset layouts
+# dataset layouts -----------------------------------------------------------------------------------------------------
 
 
 def is_video(path):
@@ -328,11 +313,6 @@ class KineticsDataset(Dataset):
     def __len__(self):
         return len(self.videos)
 
-    @property
-    def skipped(self):
-        """Broken videos met so far, by this process and all its DataLoader workers."""
-        return int(np.frombuffer(self.broken, dtype=np.int8).sum())
-
     def __getitem__(self, index):
         if not self.train:
             return None if self.broken[index] else self.try_load(index, None)
@@ -377,26 +357,28 @@ def collate_readable(batch):
     return (*default_collate(readable), len(batch) - len(readable)) if readable else (None, None, len(batch))
 
 
-# -----------------------------------------------------------------------------
-# files: written whole or not at all
+# files: written whole or not at all ----------------------------------------------------------------------------------
 
 
-def atomic_write(path, write, mode="wb"):
-    """write(f) into a temporary file beside `path`, flushed to disk, then renamed to `path`: a crash never
-    leaves half a file. Permissions follow the umask, as for any file the user creates."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path beside `path` to write a file or a folder to: renamed to `path` when the block ends, removed
+    when it fails, so a crash never leaves half a file under the real name. Hidden (scans skip it), named .tmp-*
+    (train.py and make_synthetic remove those a killed run left), the extension kept (writers choose by it)."""
     folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=name + ".", suffix=".tmp")
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{os.urandom(4).hex()}-{name}")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        if os.path.isfile(tmp):
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())  # on disk before it takes the real name
         os.replace(tmp, path)
     except BaseException as error:
-        os.unlink(tmp)
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+        elif os.path.exists(tmp):
+            os.remove(tmp)
         if isinstance(error, OSError):  # name the file being written, not the temporary one
             raise OSError(error.errno, f"{path}: {(error.strerror or str(error)).lower()}") from None
         raise
@@ -414,44 +396,46 @@ def check_writable(path):
         raise OSError(error.errno, f"{path}: cannot be written ({(error.strerror or str(error)).lower()})") from None
 
 
-# -----------------------------------------------------------------------------
-# the prepared copy (--resize) and the synthetic dataset: indexed MJPEG .avi files
+# the prepared copy (--resize) and the synthetic dataset: indexed MJPEG .avi files ------------------------------------
 
 
 def mjpeg_writer(path, fps, width, height):
-    """OpenCV's own MJPEG .avi writer: every frame one JPEG, and an index by which the reader seeks exactly."""
-    writer = cv2.VideoWriter(path, cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    """An MJPEG .avi writer that takes JPEG bytes (jpeg(frame)): every frame one JPEG, and an index to seek by.
+    OpenCV's own MJPEG encoder would make files 1.6x larger and slower to decode."""
+    writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height),
+                             [cv2.VIDEOWRITER_PROP_RAW_VIDEO, 1, cv2.VIDEOWRITER_PROP_KEY_INTERVAL, 1])
     if not writer.isOpened():
         raise VideoError(f"{path}: OpenCV cannot write MJPEG .avi here")
-    writer.set(cv2.VIDEOWRITER_PROP_QUALITY, MJPEG_QUALITY)
     return writer
+
+
+def jpeg(bgr):
+    return cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])[1].reshape(1, -1)
 
 
 def prepare_video(job):
     """job (source, target, short_side): write `target` (.avi), every frame of `source` with its short side made
     `short_side` (never larger). Returns a broken video's error instead of raising it: a pool goes on."""
     source, target, short_side = job
-    partial = os.path.join(os.path.dirname(target), "." + os.path.basename(target))  # hidden: never scanned
     capture = writer = None
-    written = 0
     try:
-        capture = open_video(source)[0]
-        while (frame := capture.read()[1]) is not None:
+        with atomic_path(target) as partial:
+            capture = open_video(source)[0]
+            while (frame := capture.read()[1]) is not None:
+                if writer is None:
+                    scale = min(1.0, short_side / min(frame.shape[:2]))
+                    size = (round(frame.shape[1] * scale), round(frame.shape[0] * scale))
+                    writer = mjpeg_writer(partial, capture.get(cv2.CAP_PROP_FPS) or 30.0, *size)
+                writer.write(jpeg(cv2.resize(frame, size, interpolation=cv2.INTER_AREA) if scale < 1 else frame))
             if writer is None:
-                scale = min(1.0, short_side / min(frame.shape[:2]))
-                size = (round(frame.shape[1] * scale), round(frame.shape[0] * scale))
-                writer = mjpeg_writer(partial, capture.get(cv2.CAP_PROP_FPS) or 30.0, *size)
-            writer.write(cv2.resize(frame, size, interpolation=cv2.INTER_AREA) if scale < 1 else frame)
-            written += 1
-        if not written:
-            raise VideoError(f"{source}: no frame could be decoded")
+                raise VideoError(f"{source}: no frame could be decoded")
+            writer.release()
     except VideoError as error:
         return str(error)
     finally:
         for stream in (capture, writer):
             if stream is not None:
                 stream.release()
-    os.replace(partial, target)
 
 
 def resize_dataset(source_root, target_root, short_side, workers):
@@ -514,12 +498,10 @@ def make_synthetic(root, *, train_per_class=100, val_per_class=25, num_frames=32
     if os.path.isdir(root) and os.listdir(root):
         raise FileExistsError(f"{root}: exists and is not a synthetic dataset made with these settings; "
                               f"remove it or choose another folder")
-    os.makedirs(os.path.dirname(root), exist_ok=True)
-    for leftover in glob.glob(os.path.join(os.path.dirname(root), ".synthetic-*")):  # of a killed run
+    for leftover in glob.glob(os.path.join(os.path.dirname(root), ".tmp-*")):  # of a killed run
         shutil.rmtree(leftover, ignore_errors=True)
-    staging = tempfile.mkdtemp(prefix=".synthetic-", dir=os.path.dirname(root))
-    try:
-        rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)
+    with atomic_path(root) as staging:
         for split, pairs in (("train", train_per_class), ("val", val_per_class)):
             for k in tqdm(range(pairs), desc=f"synthetic {split} videos", leave=False):
                 clip = synthetic_clip(rng, num_frames, size)
@@ -527,18 +509,14 @@ def make_synthetic(root, *, train_per_class=100, val_per_class=25, num_frames=32
                     os.makedirs(os.path.join(staging, split, name), exist_ok=True)
                     writer = mjpeg_writer(os.path.join(staging, split, name, f"{k:04d}.avi"), 25, size, size)
                     for frame in frames:
-                        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+                        writer.write(jpeg(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)))
                     writer.release()
         with open(os.path.join(staging, "synthetic.json"), "w") as f:
             json.dump(settings, f)
-        os.replace(staging, root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return list(SYNTHETIC_CLASSES)
 
 
-# -----------------------------------------------------------------------------
-# benchmark
+# benchmark -----------------------------------------------------------------------------------------------------------
 
 
 def decord_item(dataset, i):
@@ -548,15 +526,6 @@ def decord_item(dataset, i):
     reader = decord.VideoReader(dataset.videos[i], num_threads=1)
     frames = reader.get_batch(train_clip_indices(len(reader), dataset.num_frames, dataset.stride, rng).tolist())
     return train_transform(frames.asnumpy(), dataset.img_size, dataset.short_side, rng)
-
-
-def frames_decoded(dataset, i):
-    """Frames the decoder decodes for training item i: the clip's own when it seeks, else all up to the last."""
-    capture, frames, seekable = open_video(dataset.videos[i])
-    capture.release()
-    indices = train_clip_indices(frames, dataset.num_frames, dataset.stride,
-                                 np.random.default_rng([*dataset.epoch_seed, i, i]))  # the item's own draw
-    return len(np.unique(indices)) if seekable else indices.max() + 1
 
 
 def benchmark(roots, *, annotations=None, split="train", workers=1, clips=100, img_size=224, num_frames=8,
@@ -581,9 +550,13 @@ def benchmark(roots, *, annotations=None, split="train", workers=1, clips=100, i
     for root, dataset in sets.items():
         rate = {way: len(seconds[root, way]) / max(sum(seconds[root, way]), 1e-9) for way in ways}
         readable = [i for i in dict.fromkeys(picks) if not dataset.broken[i]]
-        decoded = np.mean([frames_decoded(dataset, i) for i in readable])
-        per_frame = sum(os.path.getsize(dataset.videos[i]) for i in readable) / sum(
-            max(open_video(dataset.videos[i])[1], 1) for i in readable)
+        opened = [open_video(dataset.videos[i]) for i in readable]  # (capture, frames, seekable)
+        draws = [train_clip_indices(frames, num_frames, stride, np.random.default_rng([*dataset.epoch_seed, i, i]))
+                 for i, (_, frames, _) in zip(readable, opened)]  # the items' own: what the decoder had to decode
+        decoded = np.mean([len(np.unique(d)) if seek else d.max() + 1 for d, (_, _, seek) in zip(draws, opened)])
+        per_frame = sum(os.path.getsize(dataset.videos[i]) for i in readable) / sum(o[1] or 1 for o in opened)
+        for capture, _, _ in opened:
+            capture.release()
         sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=clips + workers)
         batches = iter(DataLoader(dataset, batch_size=1, num_workers=workers, sampler=sampler))
         for _ in range(workers):  # not timed: the workers' start
@@ -597,8 +570,7 @@ def benchmark(roots, *, annotations=None, split="train", workers=1, clips=100, i
               f"{gpu_clips:g} clips/s, the paper's model on a GPU, needs {gpu_clips / rate['data.py']:.1f} such cores")
 
 
-# -----------------------------------------------------------------------------
-# command line
+# command line --------------------------------------------------------------------------------------------------------
 
 
 def main(argv=None):
@@ -610,8 +582,8 @@ def main(argv=None):
     mode.add_argument("--benchmark", nargs="+", metavar="ROOT", help="training clips/s of each dataset")
     parser.add_argument("--seed", type=int, default=0, help="--make-synthetic: random seed")
     parser.add_argument("--short-side", type=int, default=320, help="--resize: short side in pixels (default 320)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="--resize: processes (default: all cores); --benchmark: DataLoader workers (default 1)")
+    parser.add_argument("--workers", type=int, help="--resize: processes (default: all cores); --benchmark: "
+                                                    "DataLoader workers (default 0: only the one-core figures)")
     parser.add_argument("--annotations", help="--benchmark: the videos' list (Kinetics CSV or list file)")
     parser.add_argument("--split", default="train", help="--benchmark: split folder")
     parser.add_argument("--clips", type=int, default=100, help="--benchmark: clips to time")
@@ -628,7 +600,7 @@ def main(argv=None):
         elif args.resize:
             resize_dataset(*args.resize, args.short_side, args.workers or os.cpu_count() or 1)
         else:
-            benchmark(args.benchmark, annotations=args.annotations, split=args.split, workers=args.workers or 1,
+            benchmark(args.benchmark, annotations=args.annotations, split=args.split, workers=args.workers or 0,
                       clips=args.clips, img_size=args.size, num_frames=args.frames, stride=args.stride,
                       gpu_clips=args.gpu_clips)
     except (VideoError, ValueError, OSError) as error:

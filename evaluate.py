@@ -161,10 +161,10 @@ def run_test(args, device):
     top5 = f"top-5 {report['top5']:.2f}%" if report["top5"] is not None else f"(top-5 is moot with {len(classes)} classes)"
     print(f"{report['variant']}: top-1 {report['top1']:.2f}%  {top5}  over {report['videos']} videos x "
           f"{report['views']} views ({skipped} broken videos skipped)")
-    if args.json:
-        data.atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2) + "\n"), "w")
-    if args.per_class:
-        data.atomic_write(args.per_class, lambda f: f.write(per_class_csv(scores, labels, classes)), "w")
+    for path, text in ((args.json, json.dumps(report, indent=2)), (args.per_class, per_class_csv(scores, labels, classes))):
+        if path:
+            with data.atomic_path(path) as tmp, open(tmp, "w") as f:
+                f.write(text)
     return report
 
 
@@ -298,7 +298,8 @@ def run_speed(args, device):
     if args.json:
         report = {"title": title, "device": device_name, "size": size, "img_size": img_size, "frames": args.frames,
                   "batch_size": batch_size, "precision": precision, "peak_tflops": peak, "rows": rows}
-        data.atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2) + "\n"), "w")
+        with data.atomic_path(args.json) as tmp, open(tmp, "w") as f:
+            json.dump(report, f, indent=2)
     return rows
 
 

@@ -14,7 +14,6 @@ Checkpoints hold `model_args`, `vit.build_model(**ckpt["model_args"])` rebuilds 
 import argparse
 import csv
 import glob
-import io
 import json
 import math
 import os
@@ -264,7 +263,7 @@ def sync_broken(datasets, device):
         for i in np.flatnonzero(merged.cpu().numpy() > flags) if dataset.report else []:
             print(f"data: skipping broken video: {dataset.videos[i]} (found by another process)", file=sys.stderr)
         flags[:] = merged.cpu().numpy()
-    return sum(dataset.skipped for dataset in datasets)
+    return sum(sum(dataset.broken) for dataset in datasets)
 
 
 def read_log(path, epochs_done):
@@ -280,18 +279,17 @@ def read_log(path, epochs_done):
 
 
 def write_log(path, rows):
-    text = io.StringIO()
-    writer = csv.DictWriter(text, LOG_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    data.atomic_write(path, lambda f: f.write(text.getvalue()), "w")
+    with data.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, LOG_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def train(args, ckpt, rank, world, device, progress):
     log = print if rank == 0 else (lambda *_, **__: None)
     if rank == 0:
         data.check_writable(os.path.join(args.out, "last.pt"))  # an unwritable --out fails now, not after an epoch
-        for leftover in glob.glob(os.path.join(args.out, "*.tmp")):  # of a run killed while saving
+        for leftover in glob.glob(os.path.join(args.out, ".tmp-*")):  # of a run killed while saving
             os.remove(leftover)
     train_set, val_set = open_datasets(args, rank)
     classes = train_set.classes
@@ -367,9 +365,10 @@ def train(args, ckpt, rank, world, device, progress):
                     classes=classes, args=vars(args))
         if rank == 0:  # saved before validation, so that a failure there loses no training
             write_log(log_path, rows + [row])  # before last.pt: a crash in between is undone on resume
-            data.atomic_write(os.path.join(args.out, "last.pt"), lambda f: torch.save(ckpt, f))
-            data.atomic_write(os.path.join(args.out, "args.json"), lambda f: f.write(json.dumps(vars(args), indent=2)),
-                         "w")
+            with data.atomic_path(os.path.join(args.out, "last.pt")) as tmp:
+                torch.save(ckpt, tmp)
+            with data.atomic_path(os.path.join(args.out, "args.json")) as tmp, open(tmp, "w") as f:
+                json.dump(vars(args), f, indent=2)
             progress["saved"] = epoch + 1
         if val_loader is not None:
             top1, top5, videos = validate(model, val_loader, amp_dtype, show_bar=rank == 0)  # eager: no recompiles
@@ -383,7 +382,8 @@ def train(args, ckpt, rank, world, device, progress):
             write_log(log_path, rows)
             if row["val_top1"] and (best_top1 is None or float(row["val_top1"]) > best_top1):
                 best_top1 = float(row["val_top1"])
-                data.atomic_write(os.path.join(args.out, "best.pt"), lambda f: torch.save(ckpt, f))
+                with data.atomic_path(os.path.join(args.out, "best.pt")) as tmp:
+                    torch.save(ckpt, tmp)
         log(f"epoch {epoch + 1}: loss {row['train_loss']}, train top-1 {row['train_top1']}%"
             + (f", val top-1 {row['val_top1']}% top-5 {row['val_top5']}%" if row["val_top1"] else "")
             + f", {row['clips_per_s']} clips/s, {row['skipped']} broken videos skipped")

@@ -113,7 +113,7 @@ def test_validation_counts_only_readable_videos(tmp_path):
                                    crops=1)
     loader = torch.utils.data.DataLoader(val_set, batch_size=2, collate_fn=data.collate_readable)
     top1, top5, videos = train.validate(ConstantClassifier(), loader, None)
-    assert (top1, top5, videos) == (1, 2, 2) and val_set.skipped == 1  # 1 of 2 readable: 50%, not 1 of 3
+    assert (top1, top5, videos) == (1, 2, 2) and sum(val_set.broken) == 1  # 1 of 2 readable: 50%, not 1 of 3
 
 
 def test_resuming_on_other_classes_is_refused(videos, tmp_path, capsys):
@@ -201,15 +201,16 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(vid
     assert train.main(tiny_args(videos, out, "--epochs", "1")) == 0
     before = (out / "last.pt").read_bytes()
 
-    def full(obj, f):
-        f.write(b"half a checkpoint")
+    def full(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"half a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full)
     capsys.readouterr()
     assert train.main(tiny_args(videos, out, "--epochs", "2", "--resume")) == 2
     one_error_line(capsys, "last.pt", "no space left on device")
-    assert (out / "last.pt").read_bytes() == before and not list(out.glob("*.tmp"))
+    assert (out / "last.pt").read_bytes() == before and not list(out.glob(".tmp-*"))
 
 
 def test_a_corrupt_log_on_resume_is_one_line(videos, tmp_path, capsys):
@@ -253,10 +254,10 @@ def test_ctrl_c_is_one_line_with_the_last_saved_epoch(videos, tmp_path, capsys, 
 def test_leftovers_of_killed_runs_are_cleaned_up(videos, tmp_path):
     out = tmp_path / "run"
     assert train.main(tiny_args(videos, out, "--epochs", "1")) == 0
-    (out / "last.pt.k1ll3d.tmp").write_bytes(b"\x00" * 1000)  # what a SIGKILL during a save leaves
+    (out / ".tmp-k1ll3d-last.pt").write_bytes(b"\x00" * 1000)  # what a SIGKILL during a save leaves
     assert train.main(tiny_args(videos, out, "--epochs", "2", "--resume")) == 0
-    assert not list(out.glob("*.tmp"))
-    staging = tmp_path / "cache" / ".synthetic-k1ll3d"  # what a SIGKILL while making the synthetic data leaves
+    assert not list(out.glob(".tmp-*"))
+    staging = tmp_path / "cache" / ".tmp-k1ll3d-syn"  # what a SIGKILL while making the synthetic data leaves
     staging.mkdir(parents=True)
     data.make_synthetic(tmp_path / "cache" / "syn", train_per_class=1, val_per_class=1, num_frames=4, size=32)
     assert not staging.exists()
@@ -265,7 +266,8 @@ def test_leftovers_of_killed_runs_are_cleaned_up(videos, tmp_path):
 def test_files_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        data.atomic_write(tmp_path / "report.json", lambda f: f.write("{}"), "w")
+        with data.atomic_path(tmp_path / "report.json") as tmp, open(tmp, "w") as f:
+            f.write("{}")
     finally:
         os.umask(old)
     assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644

@@ -121,7 +121,7 @@ def test_one_epoch_writes_log_args_and_loadable_checkpoints(one_epoch):
         assert model(torch.zeros(1, 3, 2, 32, 32)).shape == (1, 2)
     assert load(one_epoch / "best.pt")["epoch"] == 1
     assert json.load(open(one_epoch / "args.json"))["batch_size"] == 2
-    assert not list(one_epoch.glob("*.tmp"))
+    assert not list(one_epoch.glob(".tmp-*"))
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(videos, one_epoch, tmp_path):
