@@ -46,7 +46,7 @@ def test_the_gpu_computes_what_the_cpu_computes(variant):
         torch.testing.assert_close(a.double().cpu(), b, rtol=1e-3, atol=1e-4)
     with vit.autocast(CUDA, torch.bfloat16):
         bf16 = model(video).float()
-    assert torch.nn.functional.cosine_similarity(bf16.flatten(), gpu.flatten(), dim=0) > 0.999
+    assert torch.nn.functional.cosine_similarity(bf16.flatten(), gpu.flatten(), dim=0) > 0.99
 
 
 def test_peak_memory_at_the_papers_batch_is_that_of_vit():
