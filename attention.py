@@ -82,22 +82,22 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)  # eq. 12: [W_q, W_k, W_v] (timm's order q, k, v)
         self.proj = nn.Linear(dim, dim)
         back, fwd = shifted_slots(shift, num_heads)
-        # which of Q, K, V move, as one slice of the 3 parts ("QV": parts 0 and 2, a slice with step 2)
-        parts = slice("qkv".index(shift.shifted[0]), "qkv".index(shift.shifted[-1]) + 1,
-                      2 if shift.shifted == "qv" else 1) if shift.shifted else None
 
-        def slots(moved: range) -> list:  # index tuples into the (token, part, head, channel) axes of [Q K V]
+        def slots(moved: range) -> list:  # index tuples into the (three, h, n, d) axes of each frame's q, k, v
             span = slice(moved.start, moved.stop)
-            return [] if not len(moved) else [(EVERY, parts, span) if shift.axis == "head" else (span, parts)]
+            return [("qkv".index(c), span) if shift.axis == "head" else ("qkv".index(c), EVERY, span)
+                    for c in shift.shifted if len(moved)]
 
         self.from_previous, self.from_next = slots(back), slots(fwd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # eq. 12: Q^(t), K^(t), V^(t) of every frame t; eq. 17-18 (heads), eq. 21 (patches): some heads/tokens of
-        # frame t are those of t-1 or t+1, moved in place in the projection's output
-        qkv = temporal_shift(self.qkv(x), self.from_previous, self.from_next, split=(3, self.num_heads, -1))
-        # eq. 15: h heads of D/h channels each
-        q, k, v = rearrange(qkv, "b t n (three h d) -> three (b t) h n d", three=3, h=self.num_heads)
+        # eq. 12 and 15: Q^(t), K^(t), V^(t) of every frame t, split into h heads of D/h channels
+        qkv = rearrange(self.qkv(x), "b t n (three h d) -> b t three h n d", three=3, h=self.num_heads)
+        # eq. 17-18 (heads) and eq. 21 (patches): some heads/tokens of frame t are those of t-1 or t+1. One copy of
+        # all of Q, K, V: a copy of only the shifted ones would keep the projection alive beside it for backward,
+        # saving more than MSA does.
+        q, k, v = rearrange(temporal_shift(qkv, self.from_previous, self.from_next),
+                            "b t three h n d -> three (b t) h n d")
         # eq. 13-14: head_i^(t) = softmax(Q_i K_i^T / sqrt(D/h)) V_i. Eq. 14 writes sqrt(D), but ViT (and its
         # pretrained weights) scale by sqrt(D/h) per head; sqrt(D) would sharpen the attention the weights
         # were trained with by sqrt(h). SDPA's default scale is 1/sqrt(last dim) = 1/sqrt(D/h).

@@ -15,44 +15,39 @@ LAYOUTS = ("paper", "released")
 EVERY = slice(None)
 
 
-def shift_in_place(x: torch.Tensor, from_previous, from_next, split=None) -> torch.Tensor:
-    """x, changed in place: the slots `from_previous` of frame t hold frame t-1, those `from_next` frame t+1.
-    Only the moved slots are copied (the source overlaps the target, hence the clone). `split`: the sizes the last
-    axis is seen as by the slots (Q, K, V and heads in one axis: (3, h, D/h))."""
-    view = x if split is None else x.unflatten(-1, split)
+def shifted_copy(x: torch.Tensor, from_previous, from_next) -> torch.Tensor:
+    """A copy of x in which the slots `from_previous` of frame t hold frame t-1, those `from_next` frame t+1."""
+    out = x.clone()
     for slots in from_previous:
-        view[EVERY, 1:, *slots] = view[EVERY, :-1, *slots].clone()  # frame t takes frame t-1,
-        view[EVERY, 0, *slots] = 0  # and the first frame has none
+        out[EVERY, 1:, *slots] = x[EVERY, :-1, *slots]  # frame t takes frame t-1,
+        out[EVERY, 0, *slots] = 0  # and the first frame has none
     for slots in from_next:
-        view[EVERY, :-1, *slots] = view[EVERY, 1:, *slots].clone()  # frame t takes frame t+1,
-        view[EVERY, -1, *slots] = 0  # and the last frame has none
-    return x
+        out[EVERY, :-1, *slots] = x[EVERY, 1:, *slots]  # frame t takes frame t+1,
+        out[EVERY, -1, *slots] = 0  # and the last frame has none
+    return out
 
 
 class TemporalShift(torch.autograd.Function):
-    """shift_in_place with its own backward. If slot s of frame t holds frame t-1, the gradient of slot s of frame
-    t-1 is that of frame t: the same shift the other way, in place again. In place, a shift costs the copy of the
-    slots it moves and no memory: a copy of the whole tensor beside the original, which autograd may keep for
-    backward, would cost ~4% of a GPU step and more activations than MSA saves."""
+    """shifted_copy with its own backward. If slot s of frame t holds frame t-1, the gradient of slot s of frame
+    t-1 is that of frame t: the same shift in the other direction. One copy each way, where autograd through
+    the slices would allocate and add up a full-size gradient per slice."""
 
     @staticmethod
-    def forward(ctx, x, from_previous, from_next, split):
-        ctx.slots = from_previous, from_next, split
-        ctx.mark_dirty(x)
-        return shift_in_place(x, from_previous, from_next, split)
+    def forward(ctx, x, from_previous, from_next):
+        ctx.slots = from_previous, from_next
+        return shifted_copy(x, from_previous, from_next)
 
     @staticmethod
     def backward(ctx, grad):
-        from_previous, from_next, split = ctx.slots
-        return shift_in_place(grad.contiguous(), from_next, from_previous, split), None, None, None
+        from_previous, from_next = ctx.slots
+        return shifted_copy(grad, from_next, from_previous), None, None
 
 
-def temporal_shift(x: torch.Tensor, from_previous=(), from_next=(), split=None) -> torch.Tensor:
-    """Shifts x in place (x itself when nothing moves): pass a tensor that nothing needs unshifted. The whole x,
-    not a view of it, so that autograd does not copy all of its gradient (split gives the view's shape)."""
+def temporal_shift(x: torch.Tensor, from_previous=(), from_next=()) -> torch.Tensor:
+    """x itself when nothing moves, else a new tensor; x is never modified."""
     if not from_previous and not from_next:
         return x
-    return TemporalShift.apply(x, tuple(from_previous), tuple(from_next), split)
+    return TemporalShift.apply(x, tuple(from_previous), tuple(from_next))
 
 
 class TokenShift(nn.Module):
@@ -70,8 +65,7 @@ class TokenShift(nn.Module):
         self.from_previous, self.from_next = (first, second) if layout == "paper" else (second, first)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, T, N+1, D)
-        # a copy: the block's input stays as it is (one copy of z costs ~0.5% of a GPU step)
-        return temporal_shift(z.clone(), self.from_previous, self.from_next)  # eq. 8; the other tokens pass (eq. 9)
+        return temporal_shift(z, self.from_previous, self.from_next)  # eq. 8; the other tokens pass (eq. 9)
 
     def extra_repr(self) -> str:
         return f"from t-1: {self.from_previous}, from t+1: {self.from_next}"
