@@ -5,17 +5,14 @@ broken videos, prepare a copy that decodes fast, and make a synthetic dataset on
     python data.py --resize SRC DST [--short-side 320] [--workers N]   # the prepared copy: MJPEG .avi files
     python data.py --benchmark ROOT [ROOT ...] [--annotations LIST] [--workers N] [--clips 100]
 
-An indexed MJPEG .avi (what --resize and --make-synthetic write) opens with OpenCV's own reader, which seeks to any
-frame through the AVI index: a clip costs its 8 JPEG decodes. Other videos (Kinetics' H.264) open with FFmpeg and are
-decoded forward to the last frame a clip needs: FFmpeg's seek is not frame-exact for every codec, and with x264's
-keyframe every 250 frames it decodes as much as the walk.
+An indexed MJPEG .avi (what --resize writes) opens with OpenCV's own reader, which seeks to any frame through the
+index: a clip costs its 8 JPEG decodes. Other videos (Kinetics' H.264) are decoded forward by FFmpeg up to the last
+frame a clip needs: FFmpeg's seek is not frame-exact for every codec, nor cheaper with a keyframe every 250 frames.
 """
 import argparse
 import contextlib
 import csv
-import errno
 import glob
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -43,12 +40,10 @@ MAX_BROKEN_IN_A_ROW = 32  # this many broken videos in a row: the dataset is bro
 SYNTHETIC_CLASSES = ("down", "up")
 SYNTHETIC_VERSION = 3  # of synthetic_clip and its file format: a cached dataset of another version is not reused
 
+
 # frame reading -------------------------------------------------------------------------------------------------------
-
-
 class VideoError(Exception):
-    """A video that cannot be decoded as asked; the message names the file and the problem. `decodable`: how many
-    frames did decode, when a frame past them was asked for."""
+    """A video that cannot be decoded as asked, naming the file; `decodable`: the frames that did decode."""
 
     def __init__(self, message, decodable=0):
         super().__init__(message)
@@ -56,8 +51,7 @@ class VideoError(Exception):
 
 
 def open_video(path):
-    """(cv2.VideoCapture, frames the header claims or 0, seekable): an indexed MJPEG .avi with OpenCV's own reader
-    (seekable: its index is exact), anything else with FFmpeg."""
+    """(capture, frames the header claims or 0, seekable): indexed MJPEG .avi by OpenCV's reader, the rest by FFmpeg."""
     path = os.fspath(path)
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         problem = "not a file" if os.path.exists(path) else "file not found"
@@ -76,8 +70,8 @@ def open_video(path):
 
 
 def decode_frames(capture, path, indices, header_frames, seekable):
-    """RGB frames `indices` (any order, repeats allowed) of an opened video. Seekable: only those frames are
-    decoded. Otherwise one forward walk; the frames before a wanted one are only grabbed (not converted)."""
+    """RGB frames `indices` (any order, repeats allowed): seekable, only those frames are decoded; otherwise in one
+    forward walk, the frames before a wanted one only grabbed (not converted)."""
     wanted, position = {}, 0  # position: the frame the decoder gives next
     for target in np.unique(indices):
         if seekable:  # past the index OpenCV gives the last frame again: the index is the length
@@ -87,19 +81,18 @@ def decode_frames(capture, path, indices, header_frames, seekable):
         ok, bgr = capture.read() if position == target else (False, None)
         if not ok:
             decodable = header_frames if seekable else position
-            reason = f"the video has {decodable} frames" if decodable >= header_frames else (
-                f"the stream ends after {decodable} decodable frames although the header says {header_frames} (truncated?)")
-            raise VideoError(f"{path}: frame {target} asked for, but {reason}" if decodable else
-                             f"{path}: no frame could be decoded (unreadable video stream)", decodable)
+            raise VideoError(f"{path}: frame {target} asked for, but the video has {decodable} frames"
+                             + (f" where its header says {header_frames} (truncated?)" if decodable < header_frames
+                                else "") if decodable else f"{path}: no frame could be decoded", decodable)
         position += 1
         wanted[int(target)] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     return np.stack([wanted[int(i)] for i in np.asarray(indices).reshape(-1)])
 
 
 def read_clip(path, choose_indices):
-    """Frames at choose_indices(frame count) (an int array of any shape) -> array of shape indices.shape + (H, W, 3).
-    FFmpeg's headers only estimate some lengths: when the stream ends early, the indices are chosen again for
-    the frames that did decode (a header without a count reads as endless, so that the walk finds the end)."""
+    """Frames at choose_indices(frame count), an int array of any shape -> indices.shape + (H, W, 3). FFmpeg's headers
+    only estimate some lengths: when the stream ends early (a header without a count reads as endless, so that the
+    walk finds the end), the indices are chosen again for the frames that did decode."""
     capture, header_frames, seekable = open_video(path)
     try:
         try:
@@ -123,8 +116,6 @@ def read_frames(path, indices):
 
 
 # sampling: every random number comes from the generator passed in (see KineticsDataset.__getitem__) ------------------
-
-
 def fitting_stride(video_frames, num_frames, stride):
     """The largest stride <= `stride` whose clip fits in the video; 0 when even stride 1 does not fit."""
     return min(stride, (video_frames - 1) // max(num_frames - 1, 1))
@@ -155,8 +146,6 @@ def multiview_clip_indices(video_frames, num_frames, stride, clips):
 
 
 # augmentation --------------------------------------------------------------------------------------------------------
-
-
 def random_train_box(height, width, img_size, short_side, rng):
     """(y, x, side) of the square in the frame that equals: short side resized to a random S in `short_side`
     (for 224-pixel crops, scaled for others), then a random img_size x img_size crop."""
@@ -212,14 +201,13 @@ def multiview_transform(clips, img_size, crops):
     """uint8 (clips, T, H, W, 3) -> (clips * crops, 3, T, img_size, img_size), clip-major: each clip cut into
     `crops` squares of the full short side spread along the long side (left/center/right for 3)."""
     (height, width), side = clips.shape[2:4], min(clips.shape[2:4])
-    offsets = np.round(np.linspace(0, max(height, width) - side, crops) if crops > 1 else [(max(height, width) - side) / 2])
+    slack = max(height, width) - side
+    offsets = np.round(np.linspace(0, slack, crops) if crops > 1 else [slack / 2])
     boxes = [(0, int(x), side) if width >= height else (int(x), 0, side) for x in offsets]
     return torch.stack([to_tensor(crop_resize(clip, box, img_size) / 255.0) for clip in clips for box in boxes])
 
 
 # dataset layouts -----------------------------------------------------------------------------------------------------
-
-
 def is_video(path):
     return not os.path.basename(path).startswith(".") and path.lower().endswith(VIDEO_EXTENSIONS)
 
@@ -241,7 +229,8 @@ def folder_layout(root, split):
 
 
 def listed_layout(root, split, annotations):
-    """Videos, labels and classes of a Kinetics CSV or an mmaction2 list file."""
+    """Videos, labels, classes of a Kinetics CSV (label,youtube_id,time_start,time_end[,split]: the videos
+    {youtube_id}_{start:06d}_{end:06d}.<any extension>) or an mmaction2 list ("relative/path label_index")."""
     try:
         with open(annotations, newline="") as f:
             lines = f.read().splitlines()
@@ -249,10 +238,8 @@ def listed_layout(root, split, annotations):
         raise ValueError(f"{annotations}: not a text file (a Kinetics CSV or a list file is)") from None
     video_dir = os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root
     kinetics = bool(lines) and "youtube_id" in lines[0]
-    on_disk = {}  # video name (path for list files) without extension -> path
-    for path in scan_videos(video_dir):
-        on_disk.setdefault(os.path.splitext(os.path.basename(path) if kinetics else os.path.relpath(path, video_dir))[0],
-                           path)
+    name = os.path.basename if kinetics else lambda path: os.path.relpath(path, video_dir)  # as the list names it
+    on_disk = {os.path.splitext(name(path))[0]: path for path in reversed(scan_videos(video_dir))}
     if kinetics:
         reader = csv.DictReader(lines)
         if not {"label", "youtube_id", "time_start", "time_end"} <= set(reader.fieldnames):
@@ -282,31 +269,27 @@ def listed_layout(root, split, annotations):
 
 
 class KineticsDataset(Dataset):
-    """(video, label) items, float32 in [-1, 1]: train (3, T, img_size, img_size), test (clips * crops, 3, T, ...).
-
-    A video that raises VideoError is reported once (when `report`) and marked in `broken`, memory shared with the
-    DataLoader workers so that none decodes it again. Training takes the next good video instead; a test item is
-    None (collate_readable drops it), so that no video counts twice. The augmentation of item i draws from a
-    generator seeded with (*epoch_seed, i, video) and nothing else (not workers, ranks, or which videos turned out
-    broken before), so that a run resumes exactly.
-    """
+    """(video, label), float32 in [-1, 1]: train (3, T, img_size, img_size), test (clips * crops, 3, T, ...) items
+    of root/{split}/{class}/<video> folders or of an annotation list (listed_layout). A broken video is reported
+    once (when `report`) and marked in `broken`, memory shared with the DataLoader workers so that none decodes it
+    again; training takes the next good video instead, a test item is None (collate_readable drops it). Item i's
+    augmentation draws from a generator seeded with (*epoch_seed, i, video) alone (not workers, ranks, or which
+    videos broke before), so that a run resumes exactly."""
 
     def __init__(self, root, split="train", *, train=None, annotations=None, num_frames=8, stride=32, img_size=224,
                  clips=10, crops=3, short_side=(224, 330), report=True):
         sizes = dict(num_frames=num_frames, stride=stride, img_size=img_size, clips=clips, crops=crops)
         for name, value in sizes.items():
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"KineticsDataset: {name} must be a positive integer, got {value!r}")
-        if not os.path.isdir(root):
-            raise ValueError(f"{root}: dataset folder not found")
-        self.root, self.train, self.short_side = os.fspath(root), split == "train" if train is None else train, short_side
+                raise ValueError(f"KineticsDataset: {name}={value!r}: must be a positive integer")
+        self.root, self.short_side = os.fspath(root), short_side
+        self.train = split == "train" if train is None else train
         self.num_frames, self.stride, self.img_size, self.clips, self.crops = sizes.values()
         self.videos, self.labels, self.classes = (folder_layout(self.root, split) if annotations is None else
                                                   listed_layout(self.root, split, os.fspath(annotations)))
         if not self.videos:
             raise ValueError(f"{os.path.join(self.root, split)}: no videos found ({', '.join(VIDEO_EXTENSIONS)})")
-        # one byte per video, written by whichever worker finds it broken; no lock: a lock made here could not
-        # be passed to workers started with 'spawn'
+        # a byte per video, set by the worker that finds it broken; no lock: 'spawn' workers could not receive one
         self.broken = multiprocessing.RawArray("b", len(self.videos))
         self.report, self.epoch_seed = report, (0, 0)
 
@@ -325,8 +308,7 @@ class KineticsDataset(Dataset):
                 return item
             failures += 1
             if failures == MAX_BROKEN_IN_A_ROW:
-                raise VideoError(f"{self.root}: {failures} broken videos in a row from {self.videos[index]} on; "
-                                 f"is the dataset intact?")
+                raise VideoError(f"{self.root}: {failures} broken videos in a row from {self.videos[index]} on")
         raise VideoError(f"{self.root}: every video is broken")
 
     def try_load(self, i, rng):
@@ -351,20 +333,16 @@ def test_views(path, num_frames, stride, img_size, clips=10, crops=3):
 
 
 def collate_readable(batch):
-    """A test batch without its broken videos (None items): (views, labels, number dropped); views and labels
-    are None when every video of the batch is broken."""
+    """A test batch without its broken (None) items: (views, labels, number dropped), or (None, None, dropped)."""
     readable = [item for item in batch if item is not None]
     return (*default_collate(readable), len(batch) - len(readable)) if readable else (None, None, len(batch))
 
 
 # files: written whole or not at all ----------------------------------------------------------------------------------
-
-
 @contextlib.contextmanager
 def atomic_path(path):
-    """A temporary path beside `path` to write a file or a folder to: renamed to `path` when the block ends, removed
-    when it fails, so a crash never leaves half a file under the real name. Hidden (scans skip it), named .tmp-*
-    (train.py and make_synthetic remove those a killed run left), the extension kept (writers choose by it)."""
+    """A path beside `path` to write a file or folder to, renamed to `path` when the block ends, removed when it fails:
+    never half a file under the real name. Hidden, .tmp-* (removed at the next start), the extension kept."""
     folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".tmp-{os.urandom(4).hex()}-{name}")
@@ -375,10 +353,9 @@ def atomic_path(path):
                 os.fsync(f.fileno())  # on disk before it takes the real name
         os.replace(tmp, path)
     except BaseException as error:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
-        elif os.path.exists(tmp):
-            os.remove(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)  # a folder,
+        with contextlib.suppress(OSError):
+            os.remove(tmp)  # or a file
         if isinstance(error, OSError):  # name the file being written, not the temporary one
             raise OSError(error.errno, f"{path}: {(error.strerror or str(error)).lower()}") from None
         raise
@@ -391,58 +368,58 @@ def check_writable(path):
         os.makedirs(folder, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()
         if os.path.isdir(path):
-            raise IsADirectoryError(errno.EISDIR, "is a folder")
+            raise IsADirectoryError("is a folder")
     except OSError as error:
-        raise OSError(error.errno, f"{path}: cannot be written ({(error.strerror or str(error)).lower()})") from None
+        raise OSError(f"{path}: cannot be written ({(error.strerror or str(error)).lower()})") from None
 
 
 # the prepared copy (--resize) and the synthetic dataset: indexed MJPEG .avi files ------------------------------------
+def write_mjpeg(path, frames, fps):
+    """BGR `frames` as an indexed MJPEG .avi, every frame one JPEG: OpenCV's reader seeks it exactly. FFmpeg's writer
+    takes OpenCV's JPEGs (its own MJPEG encoder makes files 1.6x larger and slower to decode). Returns the count."""
+    writer, count = None, 0
+    for count, frame in enumerate(frames, 1):
+        if writer is None:
+            writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps, frame.shape[1::-1],
+                                     [cv2.VIDEOWRITER_PROP_RAW_VIDEO, 1, cv2.VIDEOWRITER_PROP_KEY_INTERVAL, 1])
+            if not writer.isOpened():
+                raise VideoError(f"{path}: OpenCV cannot write MJPEG .avi here")
+        writer.write(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])[1].reshape(1, -1))
+    if writer is not None:
+        writer.release()
+    return count
 
 
-def mjpeg_writer(path, fps, width, height):
-    """An MJPEG .avi writer that takes JPEG bytes (jpeg(frame)): every frame one JPEG, and an index to seek by.
-    OpenCV's own MJPEG encoder would make files 1.6x larger and slower to decode."""
-    writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height),
-                             [cv2.VIDEOWRITER_PROP_RAW_VIDEO, 1, cv2.VIDEOWRITER_PROP_KEY_INTERVAL, 1])
-    if not writer.isOpened():
-        raise VideoError(f"{path}: OpenCV cannot write MJPEG .avi here")
-    return writer
-
-
-def jpeg(bgr):
-    return cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])[1].reshape(1, -1)
+def shrink(frame, short_side):
+    """The frame with its short side made `short_side`, never larger."""
+    scale = short_side / min(frame.shape[:2])
+    return cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else frame
 
 
 def prepare_video(job):
-    """job (source, target, short_side): write `target` (.avi), every frame of `source` with its short side made
-    `short_side` (never larger). Returns a broken video's error instead of raising it: a pool goes on."""
+    """job (source, target, short_side): write `target` (.avi), every frame of `source` shrunk to `short_side`.
+    Returns a broken video's error instead of raising it: a pool goes on."""
     source, target, short_side = job
-    capture = writer = None
+    capture = None
     try:
         with atomic_path(target) as partial:
             capture = open_video(source)[0]
-            while (frame := capture.read()[1]) is not None:
-                if writer is None:
-                    scale = min(1.0, short_side / min(frame.shape[:2]))
-                    size = (round(frame.shape[1] * scale), round(frame.shape[0] * scale))
-                    writer = mjpeg_writer(partial, capture.get(cv2.CAP_PROP_FPS) or 30.0, *size)
-                writer.write(jpeg(cv2.resize(frame, size, interpolation=cv2.INTER_AREA) if scale < 1 else frame))
-            if writer is None:
+            frames = (shrink(frame, short_side) for _, frame in iter(capture.read, (False, None)))  # to the end
+            if not write_mjpeg(partial, frames, capture.get(cv2.CAP_PROP_FPS) or 30.0):
                 raise VideoError(f"{source}: no frame could be decoded")
-            writer.release()
     except VideoError as error:
         return str(error)
     finally:
-        for stream in (capture, writer):
-            if stream is not None:
-                stream.release()
+        if capture is not None:
+            capture.release()
 
 
 def resize_dataset(source_root, target_root, short_side, workers):
     """The prepared copy: the same layout, each video an MJPEG .avi with its short side at `short_side`, other files
-    copied. Resumable: a video whose .avi exists is skipped (each is written under a hidden name, then renamed)."""
+    copied. Resumable: a video whose .avi exists is skipped (atomic_path writes each)."""
     source_root, target_root = os.path.abspath(source_root), os.path.abspath(target_root)
-    if not os.path.isdir(source_root) or short_side < 2 or os.path.commonpath([source_root, target_root]) == source_root:
+    inside = os.path.commonpath([source_root, target_root]) == source_root
+    if not os.path.isdir(source_root) or short_side < 2 or inside:
         raise ValueError(f"--resize {source_root} {target_root}: the source must be a folder, the target outside it, "
                          f"and --short-side at least 2")
     jobs = []
@@ -464,15 +441,12 @@ def resize_dataset(source_root, target_root, short_side, workers):
 def synthetic_clip(rng, num_frames, size):
     """uint8 RGB (num_frames, size, size, 3): one bright disk or square moving down over a plain dark background
     (over a colourful one, a ViT trained from scratch on a CPU spends its first thousand steps on the background)."""
-    background = np.broadcast_to(rng.uniform(0, 60, 3).astype(np.uint8), (size, size, 3))
+    frames = np.broadcast_to(rng.uniform(0, 60, 3).astype(np.uint8), (num_frames, size, size, 3)).copy()
     colour = tuple(int(c) for c in rng.integers(150, 256, 3))
-    # One random zoom sets both size and speed: training crops magnify 1.0-1.47x (the scale augmentation), so
-    # zooms from 0.6 put the test views, which are not magnified, inside the range training sees.
-    zoom = rng.uniform(0.6, 1.0)
+    zoom = rng.uniform(0.6, 1.0)  # size and speed; training magnifies 1-1.47x: test views fall in what it sees
     radius, travel = 0.15 * zoom * size, 0.7 * zoom * size  # travel over the video also sets the speed
     y0, x, square = rng.uniform(radius, size - radius - travel), rng.uniform(radius, size - radius), rng.random() < 0.5
     fixed_point = lambda xy: np.round(np.asarray(xy) * 16).astype(np.int32)  # 4 fractional bits: smooth motion
-    frames = np.repeat(background[None], num_frames, axis=0)
     for t, frame in enumerate(frames):
         centre = np.array([x, y0 + t / max(num_frames - 1, 1) * travel])
         if square:
@@ -496,8 +470,7 @@ def make_synthetic(root, *, train_per_class=100, val_per_class=25, num_frames=32
         if json.load(f) == settings:
             return list(SYNTHETIC_CLASSES)
     if os.path.isdir(root) and os.listdir(root):
-        raise FileExistsError(f"{root}: exists and is not a synthetic dataset made with these settings; "
-                              f"remove it or choose another folder")
+        raise FileExistsError(f"{root}: exists, and is not a synthetic dataset made with these settings")
     for leftover in glob.glob(os.path.join(os.path.dirname(root), ".tmp-*")):  # of a killed run
         shutil.rmtree(leftover, ignore_errors=True)
     rng = np.random.default_rng(seed)
@@ -507,70 +480,46 @@ def make_synthetic(root, *, train_per_class=100, val_per_class=25, num_frames=32
                 clip = synthetic_clip(rng, num_frames, size)
                 for name, frames in (("down", clip), ("up", clip[::-1])):
                     os.makedirs(os.path.join(staging, split, name), exist_ok=True)
-                    writer = mjpeg_writer(os.path.join(staging, split, name, f"{k:04d}.avi"), 25, size, size)
-                    for frame in frames:
-                        writer.write(jpeg(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)))
-                    writer.release()
+                    write_mjpeg(os.path.join(staging, split, name, f"{k:04d}.avi"),
+                                (cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) for frame in frames), 25)
         with open(os.path.join(staging, "synthetic.json"), "w") as f:
             json.dump(settings, f)
     return list(SYNTHETIC_CLASSES)
 
 
-# benchmark -----------------------------------------------------------------------------------------------------------
-
-
-def decord_item(dataset, i):
-    """Training item i with decord's get_batch as the decoder: the yardstick mmaction2 uses, never a dependency."""
-    import decord
-    rng = np.random.default_rng([*dataset.epoch_seed, i, i])
-    reader = decord.VideoReader(dataset.videos[i], num_threads=1)
-    frames = reader.get_batch(train_clip_indices(len(reader), dataset.num_frames, dataset.stride, rng).tolist())
-    return train_transform(frames.asnumpy(), dataset.img_size, dataset.short_side, rng)
-
-
-def benchmark(roots, *, annotations=None, split="train", workers=1, clips=100, img_size=224, num_frames=8,
+def benchmark(roots, *, annotations=None, split="train", workers=0, clips=100, img_size=224, num_frames=8,
               stride=32, gpu_clips=450):
-    """Training clips/s of each dataset (the whole item: decoding, random short side and crop, flip, jitter) on one
-    core (one process, one thread), decord beside it when installed, then with `workers` DataLoader workers.
-    The datasets take turns clip by clip, so that the noise of a shared machine hits them alike."""
+    """Training clips/s (decoding and augmentation) of each dataset on one core and with `workers` DataLoader workers,
+    taking turns clip by clip so that a shared machine's noise hits all alike (decord: tests/test_loader_speed)."""
     torch.set_num_threads(1)
     sets = {root: KineticsDataset(root, split, annotations=annotations, num_frames=num_frames, stride=stride,
                                   img_size=img_size) for root in roots}
     picks = [turn * 7919 % min(map(len, sets.values())) for turn in range(clips)]  # the same videos, scattered
-    ways = {"data.py": KineticsDataset.__getitem__}
-    if importlib.util.find_spec("decord"):
-        ways["decord"] = decord_item
-    seconds = {(root, way): [] for root in roots for way in ways}
+    seconds = {root: 0.0 for root in roots}
     for i in tqdm(picks, desc="one core", leave=False):
-        for (root, way), times in seconds.items():
+        for root, dataset in sets.items():
             start = time.perf_counter()
-            with contextlib.suppress(Exception):  # a broken video: data.py skips it, decord raises
-                ways[way](sets[root], i)
-                times.append(time.perf_counter() - start)
+            dataset[i]  # a broken video: skipped, the next one taken
+            seconds[root] += time.perf_counter() - start
     for root, dataset in sets.items():
-        rate = {way: len(seconds[root, way]) / max(sum(seconds[root, way]), 1e-9) for way in ways}
-        readable = [i for i in dict.fromkeys(picks) if not dataset.broken[i]]
-        opened = [open_video(dataset.videos[i]) for i in readable]  # (capture, frames, seekable)
-        draws = [train_clip_indices(frames, num_frames, stride, np.random.default_rng([*dataset.epoch_seed, i, i]))
-                 for i, (_, frames, _) in zip(readable, opened)]  # the items' own: what the decoder had to decode
-        decoded = np.mean([len(np.unique(d)) if seek else d.max() + 1 for d, (_, _, seek) in zip(draws, opened)])
-        per_frame = sum(os.path.getsize(dataset.videos[i]) for i in readable) / sum(o[1] or 1 for o in opened)
-        for capture, _, _ in opened:
+        one_core = clips / seconds[root]
+        decoded, frames, size = [], 0, 0
+        for i in (i for i in dict.fromkeys(picks) if not dataset.broken[i]):
+            capture, n, seekable = open_video(dataset.videos[i])
             capture.release()
+            indices = train_clip_indices(n, num_frames, stride, np.random.default_rng([*dataset.epoch_seed, i, i]))
+            decoded.append(len(np.unique(indices)) if seekable else indices.max() + 1)  # the item's own draw
+            frames, size = frames + n, size + os.path.getsize(dataset.videos[i])
         sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=clips + workers)
         batches = iter(DataLoader(dataset, batch_size=1, num_workers=workers, sampler=sampler))
         for _ in range(workers):  # not timed: the workers' start
             next(batches)
         start = time.perf_counter()
         parallel = sum(1 for _ in batches) / (time.perf_counter() - start)
-        print(f"{root}: one core {rate['data.py']:.1f} clips/s ({decoded:.0f} frames decoded per clip)"
-              + (f", decord {rate['decord']:.1f} clips/s" if "decord" in rate else "")
-              + f"; {workers} workers {parallel:.1f} clips/s; {per_frame / 1e3:.1f} kB per frame "
-              f"({per_frame * 240e3 * 300 / 1e12:.2f} TB for Kinetics-400's 240k ten-second clips of 300 frames); "
-              f"{gpu_clips:g} clips/s, the paper's model on a GPU, needs {gpu_clips / rate['data.py']:.1f} such cores")
-
-
-# command line --------------------------------------------------------------------------------------------------------
+        per_frame = size / frames
+        print(f"{root}: one core {one_core:.1f} clips/s ({np.mean(decoded):.0f} frames decoded per clip); {workers} "
+              f"workers {parallel:.1f} clips/s; {per_frame / 1e3:.1f} kB per frame ({per_frame * 72e6 / 1e12:.2f} TB "
+              f"for Kinetics-400's 240k clips of 300 frames); {gpu_clips:g} clips/s: {gpu_clips / one_core:.1f} cores")
 
 
 def main(argv=None):
@@ -583,20 +532,15 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="--make-synthetic: random seed")
     parser.add_argument("--short-side", type=int, default=320, help="--resize: short side in pixels (default 320)")
     parser.add_argument("--workers", type=int, help="--resize: processes (default: all cores); --benchmark: "
-                                                    "DataLoader workers (default 0: only the one-core figures)")
+                                                    "DataLoader workers (default 0: one core only)")
     parser.add_argument("--annotations", help="--benchmark: the videos' list (Kinetics CSV or list file)")
-    parser.add_argument("--split", default="train", help="--benchmark: split folder")
-    parser.add_argument("--clips", type=int, default=100, help="--benchmark: clips to time")
-    parser.add_argument("--size", type=int, default=224, help="--benchmark: crop size")
-    parser.add_argument("--frames", type=int, default=8, help="--benchmark: frames per clip")
-    parser.add_argument("--stride", type=int, default=32, help="--benchmark: frame stride")
-    parser.add_argument("--gpu-clips", type=float, default=450,
-                        help="--benchmark: clips/s a GPU trains the paper's model at (default 450)")
+    for flag, default in (("split", "train"), ("clips", 100), ("size", 224), ("frames", 8), ("stride", 32)):
+        parser.add_argument(f"--{flag}", type=type(default), default=default, help=f"--benchmark (default {default})")
+    parser.add_argument("--gpu-clips", type=float, default=450, help="--benchmark: clips/s the GPU eats (default 450)")
     try:
         args = parser.parse_args(argv)
         if args.make_synthetic:
-            classes = make_synthetic(args.make_synthetic, seed=args.seed)
-            print(f"synthetic dataset with classes {classes} in {args.make_synthetic}")
+            print(f"synthetic classes {make_synthetic(args.make_synthetic, seed=args.seed)} in {args.make_synthetic}")
         elif args.resize:
             resize_dataset(*args.resize, args.short_side, args.workers or os.cpu_count() or 1)
         else:
@@ -608,7 +552,7 @@ def main(argv=None):
         sys.exit(2)
 
 
-def refuse(message):  # argparse's errors become one line, as all others
+def refuse(message):  # argparse's errors as ValueError: one line and exit status 2, as every error here
     raise ValueError(message)
 
 

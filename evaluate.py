@@ -36,7 +36,7 @@ PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.error = refuse
+    p.error = data.refuse
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--checkpoint", help="train.py checkpoint to test (e.g. runs/KV/best.pt)")
     mode.add_argument("--speed", action="store_true", help="benchmark the cost of every variant")
@@ -75,10 +75,6 @@ def parse_args(argv):
         if path:
             data.check_writable(path)
     return args
-
-
-def refuse(message):
-    raise ValueError(message)
 
 
 # -----------------------------------------------------------------------------
@@ -158,10 +154,11 @@ def run_test(args, device):
               "videos": len(labels), "skipped": skipped, "variant": model_args["variant"],
               "checkpoint": args.checkpoint, "epoch": ckpt.get("epoch"), "data": root, "split": args.split,
               "model_args": model_args, "seconds": round(time.time() - start, 1)}
-    top5 = f"top-5 {report['top5']:.2f}%" if report["top5"] is not None else f"(top-5 is moot with {len(classes)} classes)"
+    top5 = f"top-5 {report['top5']:.2f}%" if report["top5"] is not None else f"(top-5: {len(classes)} classes)"
     print(f"{report['variant']}: top-1 {report['top1']:.2f}%  {top5}  over {report['videos']} videos x "
           f"{report['views']} views ({skipped} broken videos skipped)")
-    for path, text in ((args.json, json.dumps(report, indent=2)), (args.per_class, per_class_csv(scores, labels, classes))):
+    reports = {args.json: json.dumps(report, indent=2), args.per_class: per_class_csv(scores, labels, classes)}
+    for path, text in reports.items():
         if path:
             with data.atomic_path(path) as tmp, open(tmp, "w") as f:
                 f.write(text)
@@ -268,7 +265,8 @@ def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patc
 def speed_table(rows):
     cols = [("variant", "variant", "{}"), ("step ms", "step_ms", "{:.1f}"), ("x ViT", "ratio", "{:.3f}"),
             ("clips/s", "clips_per_s", "{:.1f}"), ("saved activations MiB", "activation_mib", "{:.1f}"),
-            ("x ViT", "activation_ratio", "{:.3f}"), ("peak MiB", "peak_mib", "{:.0f}"), ("x ViT", "peak_ratio", "{:.3f}"),
+            ("x ViT", "activation_ratio", "{:.3f}"), ("peak MiB", "peak_mib", "{:.0f}"),
+            ("x ViT", "peak_ratio", "{:.3f}"),
             ("TFLOP/s", "tflops", "{:.1f}"), ("MFU", "mfu", "{:.1%}")]
     cols = [c for c in cols if c[1] in rows[0]]
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]

@@ -55,7 +55,7 @@ def parse_args(argv):
     or with --resume the run's own."""
     recipe = "paper {}, synthetic {}".format
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.error = refuse
+    p.error = data.refuse
     p.add_argument("--variant", default="KV", choices=vit.VARIANTS, help="model (default KV)")
     p.add_argument("--heads", type=int, default=2, help="heads shifted in total, half from t-1, half from t+1")
     p.add_argument("--patches", type=int, default=16, help="tokens shifted in total by the p* variants")
@@ -96,10 +96,6 @@ def parse_args(argv):
     # parsed again into a namespace that already has every name: argparse then fills in no defaults
     given = vars(p.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args)))))
     return args, {k: v for k, v in given.items() if v is not None and v is not False}
-
-
-def refuse(message):  # argparse's errors become one line, as all others
-    raise ValueError(message)
 
 
 def configure(args, given):
@@ -212,7 +208,8 @@ def train_one_epoch(model, loader, optimizer, criterion, *, accum_steps, scaler,
             # mean loss over the whole window: one batch of batch_size x window_len clips.
             scaler.scale(loss / window_len).backward()
         window_loss = window_loss + loss.detach()
-        sums += torch.stack([loss.detach() * len(label), (logits.argmax(1) == label).sum(), label.new_tensor(len(label))])
+        hits = (logits.argmax(1) == label).sum()
+        sums += torch.stack([loss.detach() * len(label), hits, sums.new_tensor(len(label))])
         if not stepping:
             continue
         if distributed:
@@ -385,8 +382,9 @@ def train(args, ckpt, rank, world, device, progress):
                 with data.atomic_path(os.path.join(args.out, "best.pt")) as tmp:
                     torch.save(ckpt, tmp)
         log(f"epoch {epoch + 1}: loss {row['train_loss']}, train top-1 {row['train_top1']}%"
-            + (f", val top-1 {row['val_top1']}% top-5 {row['val_top5']}%" if row["val_top1"] else "")
-            + f", {row['clips_per_s']} clips/s, {row['skipped']} broken videos skipped")
+            + (f", val top-1 {row['val_top1']}%" if row["val_top1"] else "") + (f" top-5 {row['val_top5']}%" if
+               row["val_top1"] and len(classes) > 5 else "") + f", {row['clips_per_s']} clips/s, {row['skipped']} "
+            "broken videos skipped")
 
     minutes, seconds = divmod(round(time.time() - run_start), 60)
     log(f"done in {minutes}m{seconds:02d}s: {args.variant} " + (

@@ -278,7 +278,8 @@ def npz_to_state_dict(path: Path) -> dict:
         src, dst = f"Transformer/encoderblock_{i}", f"blocks.{i}"
         attn = f"{src}/MultiHeadDotProductAttention_1"
         for google, timm, convert in (("LayerNorm_0", "norm1", layer_norm), ("LayerNorm_2", "norm2", layer_norm),
-                                      ("MlpBlock_3/Dense_0", "mlp.fc1", dense), ("MlpBlock_3/Dense_1", "mlp.fc2", dense)):
+                                      ("MlpBlock_3/Dense_0", "mlp.fc1", dense), ("MlpBlock_3/Dense_1", "mlp.fc2",
+                                                                                  dense)):
             state.update(convert(f"{src}/{google}", f"{dst}.{timm}"))
         qkv = [f"{attn}/{name}" for name in ("query", "key", "value")]
         state[f"{dst}.attn.qkv.weight"] = torch.cat([get(f"{p}/kernel").flatten(1).T for p in qkv])

@@ -273,3 +273,10 @@ def test_analytic_flops_match_pytorchs_flop_counter():
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(video)
     assert evaluate.train_flops(model, frames, 48, batch, 5) == 3 * counter.get_total_flops()
+
+
+def test_the_readme_results_table_is_what_table_makes_of_the_kept_reports():
+    """README's synthetic results come from results/*.json by the command the README gives."""
+    reports = [os.path.join(REPO, "results", f"synthetic-{v}.json") for v in ("vit", "tokenshift", "KV", "pKV")]
+    with open(os.path.join(REPO, "README.md")) as f:
+        assert evaluate.results_table(reports) in f.read()
