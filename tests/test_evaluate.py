@@ -280,3 +280,26 @@ def test_the_readme_results_table_is_what_table_makes_of_the_kept_reports():
     reports = [os.path.join(REPO, "results", f"synthetic-{v}.json") for v in ("vit", "tokenshift", "KV", "pKV")]
     with open(os.path.join(REPO, "README.md")) as f:
         assert evaluate.results_table(reports) in f.read()
+
+
+def test_one_video_prints_its_top_classes_as_a_naive_30_view_loop_does(tmp_path):
+    classes = ["a", "b", "c", "d", "e", "f", "g"]
+    model = save_checkpoint(tmp_path / "ck.pt", classes)
+    frames = [np.full((40, 72, 3), 20 * t, np.uint8) for t in range(12)]
+    write_video(tmp_path / "clip.mp4", frames)
+    result = run_cli("--checkpoint", str(tmp_path / "ck.pt"), "--video", str(tmp_path / "clip.mp4"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    printed = [line.split() for line in result.stdout.strip().splitlines()]
+    views = data.test_views(tmp_path / "clip.mp4", num_frames=2, stride=2, img_size=32)  # 10 clips x 3 crops
+    assert views.shape[0] == 30
+    model.eval()
+    with torch.no_grad():
+        probs = [naive_softmax(model(view[None])[0].tolist()) for view in views]
+    mean = [sum(p[k] for p in probs) / 30 for k in range(7)]
+    top5 = sorted(range(7), key=lambda k: -mean[k])[:5]
+    assert [name for _, name in printed] == [classes[k] for k in top5]
+    assert [float(p) for p, _ in printed] == pytest.approx([mean[k] for k in top5], abs=1e-4)
+    for bad in ("missing.mp4", "clip.txt"):
+        (tmp_path / "clip.txt").write_text("not a video")
+        result = run_cli("--checkpoint", str(tmp_path / "ck.pt"), "--video", str(tmp_path / bad))
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and bad in result.stderr
