@@ -136,7 +136,7 @@ def run_test(args, device):
             scores = vit.video_scores(model, views[None].to(device), args.average)[0]
         top = scores.topk(min(5, len(classes)))
         for p, i in zip(top.values.tolist(), top.indices.tolist()):
-            print(f"{p:8.4f}  {classes[i]}" if args.average == "softmax" else f"{p:8.3f}  {classes[i]}")
+            print(f"{p:8.4f}  {classes[i]}")  # probability, or mean logit with --average logits
         return {"video": args.video, "top5": {classes[i]: p for p, i in zip(top.values.tolist(), top.indices.tolist())}}
     root = args.data or ckpt["args"]["data"]
     dataset = data.KineticsDataset(root, args.split, train=False, annotations=args.annotations, **view_args)
