@@ -471,7 +471,7 @@ def make_synthetic(root, *, train_per_class=100, val_per_class=25, num_frames=32
             return list(SYNTHETIC_CLASSES)
     if os.path.isdir(root) and os.listdir(root):
         raise FileExistsError(f"{root}: exists, and is not a synthetic dataset made with these settings")
-    for leftover in glob.glob(os.path.join(os.path.dirname(root), ".tmp-*")):  # of a killed run
+    for leftover in glob.glob(os.path.join(os.path.dirname(root), f".tmp-*-{os.path.basename(root)}")):  # killed
         shutil.rmtree(leftover, ignore_errors=True)
     rng = np.random.default_rng(seed)
     with atomic_path(root) as staging:
