@@ -1,13 +1,15 @@
-"""Video data for MSCA: read Kinetics videos with OpenCV, sample and augment clips as the paper does, survive
-broken videos, prepare a copy that decodes fast, and make a synthetic dataset only a temporal model can learn.
+"""Video data for MSCA: read Kinetics videos with OpenCV, sample and augment clips as the paper
+does, survive broken videos, prepare a copy that decodes fast, and make a synthetic dataset that
+only a temporal model can learn.
 
     python data.py --make-synthetic DIR [--seed 0]
-    python data.py --resize SRC DST [--short-side 320] [--workers N]   # the prepared copy: MJPEG .avi files
+    python data.py --resize SRC DST [--short-side 320] [--workers N]
     python data.py --benchmark ROOT [ROOT ...] [--annotations LIST] [--workers N] [--clips 100]
 
-An indexed MJPEG .avi (what --resize writes) opens with OpenCV's own reader, which seeks to any frame through the
-index: a clip costs its 8 JPEG decodes. Other videos (Kinetics' H.264) are decoded forward by FFmpeg up to the last
-frame a clip needs: FFmpeg's seek is not frame-exact for every codec, nor cheaper with a keyframe every 250 frames.
+The prepared copy (--resize) is indexed MJPEG .avi files: OpenCV's own reader seeks to any frame
+through the index, so that a clip costs its 8 JPEG decodes. Other videos (Kinetics' H.264) are
+decoded forward by FFmpeg up to the last frame a clip needs: FFmpeg's seek is not frame-exact for
+every codec, nor cheaper with a keyframe every 250 frames.
 """
 import argparse
 import contextlib
@@ -21,78 +23,339 @@ import sys
 import tempfile
 import time
 
-# OpenCV and FFmpeg print their own warnings for every damaged packet; data.py reports broken videos itself,
-# once, with the file name. setdefault keeps whatever the user asked for.
+# OpenCV and FFmpeg print their own warnings for every damaged packet; data.py reports broken videos
+# itself, once, with the file name. setdefault keeps whatever the user asked for.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 import cv2
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 cv2.setNumThreads(1)  # one thread per DataLoader worker: the workers are the parallelism
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
-MJPEG_QUALITY = 90  # of the prepared copy's JPEGs; 95 costs 1.4x the disk and ~10% of the speed
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv",
+                    ".wmv", ".3gp", ".ogv")
+MJPEG_QUALITY = 90  # of the prepared copy's JPEGs; 95 costs 1.4x the disk and decodes slower
 FLIP_PROB, JITTER_PROB = 0.5, 0.1
 MAX_BROKEN_IN_A_ROW = 32  # this many broken videos in a row: the dataset is broken, not a file
 SYNTHETIC_CLASSES = ("down", "up")
-SYNTHETIC_VERSION = 3  # of synthetic_clip and its file format: a cached dataset of another version is not reused
+SYNTHETIC_VERSION = 3  # of synthetic_clip and its files: a cache of another version is not reused
 
 
-# frame reading -------------------------------------------------------------------------------------------------------
 class VideoError(Exception):
-    """A video that cannot be decoded as asked, naming the file; `decodable`: the frames that did decode."""
+    """A video that cannot be decoded as asked, naming the file; `decodable`: the frames that do."""
 
     def __init__(self, message, decodable=0):
         super().__init__(message)
         self.decodable = decodable
 
 
+# the dataset
+class KineticsDataset(Dataset):
+    """(video, label) items of root/{split}/{class}/<video> folders or of an annotation list; the
+    video float32 in [-1, 1], train (3, T, size, size), test (clips * crops, 3, T, size, size).
+
+    A broken video is reported once (when `report`) and marked in `broken`, memory shared with the
+    DataLoader workers so that none decodes it again; training takes the next good video instead,
+    a test item is None (collate_readable drops it). Item i's augmentation draws from a generator
+    seeded with (*epoch_seed, i, video) alone (not workers, ranks, or which videos broke before), so
+    that a run resumes exactly."""
+
+    def __init__(self, root, split="train", *, train=None, annotations=None, num_frames=8,
+                 stride=32, img_size=224, clips=10, crops=3, short_side=(224, 330), report=True):
+        sizes = dict(num_frames=num_frames, stride=stride, img_size=img_size, clips=clips,
+                     crops=crops)
+        for name, value in sizes.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"KineticsDataset: {name}={value!r}: must be a positive integer")
+        self.root, self.short_side, self.report = os.fspath(root), short_side, report
+        self.train = split == "train" if train is None else train
+        self.num_frames, self.stride, self.img_size, self.clips, self.crops = sizes.values()
+        layout = (folder_layout(self.root, split) if annotations is None
+                  else listed_layout(self.root, split, os.fspath(annotations)))
+        self.videos, self.labels, self.classes = layout
+        if not self.videos:
+            raise ValueError(f"{os.path.join(self.root, split)}: no videos found "
+                             f"({', '.join(VIDEO_EXTENSIONS)})")
+        # shared with the DataLoader workers, without a lock: 'spawn' workers could not receive one.
+        # broken: a byte per video, set by the worker that finds it broken
+        self.broken = multiprocessing.RawArray("b", len(self.videos))
+        self._epoch_seed = multiprocessing.RawArray("q", 2)
+
+    def set_epoch(self, seed, epoch):
+        """Seeds the coming epoch's augmentation. Shared memory, not an attribute: persistent
+        DataLoader workers live across epochs: they would not see an attribute set later."""
+        self._epoch_seed[:] = [seed, epoch]
+
+    @property
+    def epoch_seed(self):
+        """(seed, epoch) of the last set_epoch, (0, 0) before one."""
+        return tuple(self._epoch_seed)
+
+    def __len__(self):
+        return len(self.videos)
+
+    def __getitem__(self, index):
+        if not self.train:
+            return None if self.broken[index] else self.try_load(index, None)
+        failures = 0
+        for i in (n % len(self) for n in range(index, index + len(self))):
+            if self.broken[i]:
+                continue
+            item = self.try_load(i, np.random.default_rng([*self.epoch_seed, index, i]))
+            if item is not None:
+                return item
+            failures += 1
+            if failures == MAX_BROKEN_IN_A_ROW:
+                raise VideoError(f"{self.root}: {failures} broken videos in a row "
+                                 f"from {self.videos[index]} on")
+        raise VideoError(f"{self.root}: every video is broken")
+
+    def try_load(self, i, rng):
+        """(clip, label), or None for a broken video, which is then marked and reported."""
+        try:
+            if self.train:
+                frames = read_clip(self.videos[i], lambda n: train_clip_indices(
+                    n, self.num_frames, self.stride, rng))
+                video = train_transform(frames, self.img_size, self.short_side, rng)
+            else:
+                video = test_views(self.videos[i], self.num_frames, self.stride, self.img_size,
+                                   self.clips, self.crops)
+        except VideoError as error:
+            if not self.broken[i] and self.report:
+                print(f"data: skipping broken video: {error}", file=sys.stderr, flush=True)
+            self.broken[i] = 1
+            return None
+        return video, self.labels[i]
+
+    def sync_broken(self, device):
+        """How many broken videos are known, each counted once. With torch.distributed, every rank
+        first learns those of all ranks (so that none decodes them again); a dataset that reports
+        prints the ones it had not met itself."""
+        flags = np.frombuffer(self.broken, dtype=np.int8)
+        if dist.is_initialized():
+            merged = torch.from_numpy(flags.astype(np.int32)).to(device)
+            dist.all_reduce(merged, op=dist.ReduceOp.MAX)
+            merged = merged.cpu().numpy()
+            for i in np.flatnonzero(merged > flags) if self.report else []:
+                print(f"data: skipping broken video: {self.videos[i]} (found by another process)",
+                      file=sys.stderr)
+            flags[:] = merged
+        return int(flags.sum())
+
+
+def test_views(path, num_frames, stride, img_size, clips=10, crops=3):
+    """The multi-view test input of one video: (clips * crops, 3, T, img_size, img_size)."""
+    frames = read_clip(path, lambda n: multiview_clip_indices(n, num_frames, stride, clips))
+    return multiview_transform(frames, img_size, crops)
+
+
+def collate_readable(batch):
+    """A test batch less its broken (None) items: (views, labels, dropped), or (None, None, dropped)
+    when all are."""
+    readable = [item for item in batch if item is not None]
+    if not readable:
+        return None, None, len(batch)
+    return (*default_collate(readable), len(batch) - len(readable))
+
+
+# dataset layouts
+def is_video(path):
+    return not os.path.basename(path).startswith(".") and path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def scan_videos(directory):
+    """Sorted paths of the video files under `directory`, but hidden ones (unfinished writes)."""
+    paths = glob.glob(os.path.join(directory, "**", "*"), recursive=True)
+    return sorted(path for path in paths if is_video(path))
+
+
+def folder_layout(root, split):
+    """Videos, labels, classes of root/{split}/{class}/<video>; the classes of train and `split`."""
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+        raise ValueError(f"{split_dir}: folder not found (expected {root}/{split}/<class>/<video>, "
+                         f"or pass annotations= for a CSV or list file)")
+    folders = [path for path in (split_dir, os.path.join(root, "train")) if os.path.isdir(path)]
+    classes = sorted({entry.name for folder in folders for entry in os.scandir(folder)
+                      if entry.is_dir() and not entry.name.startswith(".")})
+    found = [(path, label) for label, name in enumerate(classes)
+             for path in scan_videos(os.path.join(split_dir, name))]
+    return [path for path, _ in found], [label for _, label in found], classes
+
+
+def listed_layout(root, split, annotations):
+    """Videos, labels, classes of a Kinetics CSV (label,youtube_id,time_start,time_end[,split]) or
+    of an mmaction2 list ("relative/path label_index"), found on disk by name, any extension."""
+    try:
+        with open(annotations, newline="") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        problem = "not a text file (a Kinetics CSV or a list file is)"
+        raise ValueError(f"{annotations}: {problem}") from None
+    video_dir = os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root
+    kinetics = bool(lines) and "youtube_id" in lines[0]
+    on_disk = {}  # by the name the annotations give a video, without its extension
+    for path in reversed(scan_videos(video_dir)):
+        listed = os.path.basename(path) if kinetics else os.path.relpath(path, video_dir)
+        on_disk[os.path.splitext(listed)[0]] = path
+    if kinetics:
+        rows, classes = kinetics_rows(lines, split, annotations)
+    else:
+        rows, classes = list_rows(lines, annotations)
+    found = [(on_disk[key], label) for key, label in rows if key in on_disk]
+    if not found:
+        raise ValueError(f"{annotations}: none of its {len(rows)} videos of split {split!r} "
+                         f"is under {video_dir}")
+    if len(found) < len(rows):
+        print(f"data: {len(rows) - len(found)} of {len(rows)} videos listed in {annotations} are "
+              f"missing under {video_dir}; using the {len(found)} found", file=sys.stderr)
+    return [path for path, _ in found], [label for _, label in found], classes
+
+
+def kinetics_rows(lines, split, annotations):
+    """[(video name, label)] of a Kinetics CSV's rows of `split`, and the sorted classes."""
+    reader = csv.DictReader(lines)
+    if not {"label", "youtube_id", "time_start", "time_end"} <= set(reader.fieldnames):
+        raise ValueError(f"{annotations}: a Kinetics CSV needs the columns "
+                         f"label,youtube_id,time_start,time_end")
+    wanted = {split, "validate", "validation"} if split == "val" else {split}  # Kinetics: either
+    try:  # the videos: {youtube_id}_{start:06d}_{end:06d}.<any extension>
+        rows = [(f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_"
+                 f"{int(float(r['time_end'])):06d}", r["label"])
+                for r in reader if r.get("split", split) in wanted]
+    except (TypeError, ValueError):
+        raise ValueError(f"{annotations}: line {reader.line_num}: "
+                         f"time_start/time_end are not numbers") from None
+    classes = sorted({label for _, label in rows})
+    return [(key, classes.index(label)) for key, label in rows], classes
+
+
+def list_rows(lines, annotations):
+    """[(relative path without extension, label)] of an mmaction2 list, and its classes."""
+    rows = [line.rsplit(maxsplit=1) for line in lines if line.strip()]
+    bad = next((n for n, row in enumerate(rows, 1) if len(row) != 2 or not row[1].isdigit()), None)
+    if bad:
+        raise ValueError(f"{annotations}: line {bad}: expected 'relative/path label_index', "
+                         f"got {rows[bad - 1]}")
+    rows = [(os.path.normpath(os.path.splitext(path)[0]), int(label)) for path, label in rows]
+    classes = [str(i) for i in range(max((label for _, label in rows), default=-1) + 1)]
+    return rows, classes
+
+
+# sampling: every random number from the generator passed in (KineticsDataset.__getitem__)
+def fitting_stride(video_frames, num_frames, stride):
+    """The largest stride <= `stride` whose clip fits in the video; 0 when stride 1 does not."""
+    return min(stride, (video_frames - 1) // max(num_frames - 1, 1))
+
+
+def stretched_clip(video_frames, num_frames):
+    """A video shorter than the clip: every frame, in order, some repeated."""
+    return np.arange(num_frames) * video_frames // num_frames
+
+
+def train_clip_indices(video_frames, num_frames, stride, rng):
+    """`num_frames` frames `stride` apart from a uniformly random start."""
+    step = fitting_stride(video_frames, num_frames, stride)
+    if step == 0:
+        return stretched_clip(video_frames, num_frames)
+    return rng.integers(0, video_frames - step * (num_frames - 1)) + step * np.arange(num_frames)
+
+
+def multiview_clip_indices(video_frames, num_frames, stride, clips):
+    """(clips, num_frames) indices as mmaction2's SampleFrames(test_mode=True): the possible starts
+    cut into `clips` equal segments, a clip starting at the middle of each (one: the centre)."""
+    step = fitting_stride(video_frames, num_frames, stride)
+    if step == 0:
+        return np.tile(stretched_clip(video_frames, num_frames), (clips, 1))
+    segment = (video_frames - step * (num_frames - 1)) / clips
+    starts = (np.arange(clips) * segment + segment / 2).astype(np.int64)  # as mmaction2 rounds
+    return starts[:, None] + step * np.arange(num_frames)
+
+
+# frame reading
 def open_video(path):
-    """(capture, frames the header claims or 0, seekable): indexed MJPEG .avi by OpenCV's reader, the rest by FFmpeg."""
+    """(capture, frames the header claims or 0, seekable): an indexed MJPEG .avi by OpenCV's reader,
+    the rest by FFmpeg."""
     path = os.fspath(path)
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        problem = "not a file" if os.path.exists(path) else "file not found"
-        raise VideoError(f"{path}: {'empty file' if os.path.isfile(path) else problem}")
+    if not os.path.exists(path):
+        raise VideoError(f"{path}: file not found")
+    if not os.path.isfile(path):
+        raise VideoError(f"{path}: not a file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: empty file")
     with open(path, "rb") as f:
-        riff = f.read(12)  # a whole AVI's RIFF header counts the whole file (OpenCV's parser prints a cut one raw)
+        riff = f.read(12)
+    # only a whole AVI (its RIFF header counts the whole file): OpenCV's parser prints a cut one raw
     if riff[8:] == b"AVI " and int.from_bytes(riff[4:8], "little") + 8 == os.path.getsize(path):
         capture = cv2.VideoCapture(path, cv2.CAP_OPENCV_MJPEG)
         if capture.isOpened():
             return capture, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), True
-    # one decoding thread: FFmpeg's own threads would oversubscribe the cores the DataLoader workers share
+    # one decoding thread: FFmpeg's own threads would oversubscribe the DataLoader workers' cores
     capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
     if not capture.isOpened():
-        raise VideoError(f"{path}: not a video OpenCV can open (unknown format, or damaged or missing header)")
+        raise VideoError(f"{path}: not a video OpenCV can open "
+                         f"(unknown format, or damaged or missing header)")
     return capture, max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0), False
 
 
 def decode_frames(capture, path, indices, header_frames, seekable):
-    """RGB frames `indices` (any order, repeats allowed): seekable, only those frames are decoded; otherwise in one
-    forward walk, the frames before a wanted one only grabbed (not converted)."""
-    wanted, position = {}, 0  # position: the frame the decoder gives next
-    for target in np.unique(indices):
-        if seekable:  # past the index OpenCV gives the last frame again: the index is the length
-            position = target if target < header_frames and capture.set(cv2.CAP_PROP_POS_FRAMES, int(target)) else -1
-        while not seekable and position < target and capture.grab():
-            position += 1
-        ok, bgr = capture.read() if position == target else (False, None)
+    """RGB frames `indices` (any order, repeats allowed), each decoded once."""
+    decode = decode_by_seeking if seekable else decode_by_walking
+    frames = decode(capture, path, np.unique(indices), header_frames)
+    return np.stack([frames[int(i)] for i in np.asarray(indices).reshape(-1)])
+
+
+def decode_by_seeking(capture, path, targets, header_frames):
+    """{target: RGB frame}, only those frames decoded. Past its index OpenCV's reader gives the last
+    frame again: the index is the length."""
+    frames = {}
+    for target in targets:
+        ok, bgr = False, None
+        if target < header_frames and capture.set(cv2.CAP_PROP_POS_FRAMES, int(target)):
+            ok, bgr = capture.read()
         if not ok:
-            decodable = header_frames if seekable else position
-            raise VideoError(f"{path}: frame {target} asked for, but the video has {decodable} frames"
-                             + (f" where its header says {header_frames} (truncated?)" if decodable < header_frames
-                                else "") if decodable else f"{path}: no frame could be decoded", decodable)
+            raise missing_frame(path, target, header_frames, header_frames)
+        frames[int(target)] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return frames
+
+
+def decode_by_walking(capture, path, targets, header_frames):
+    """{target: RGB frame} of sorted `targets` in one forward walk, the frames between them only
+    grabbed (not converted)."""
+    frames, position = {}, 0  # position: the frame the decoder gives next
+    for target in targets:
+        while position < target and capture.grab():
+            position += 1
+        ok, bgr = False, None
+        if position == target:
+            ok, bgr = capture.read()
+        if not ok:
+            raise missing_frame(path, target, position, header_frames)
         position += 1
-        wanted[int(target)] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return np.stack([wanted[int(i)] for i in np.asarray(indices).reshape(-1)])
+        frames[int(target)] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return frames
+
+
+def missing_frame(path, target, decodable, header_frames):
+    """The VideoError of a frame `target` that does not decode, where `decodable` frames do."""
+    if not decodable:
+        return VideoError(f"{path}: no frame could be decoded", decodable)
+    truncated = ""
+    if decodable < header_frames:
+        truncated = f" where its header says {header_frames} (truncated?)"
+    message = f"{path}: frame {target} asked for, but the video has {decodable} frames{truncated}"
+    return VideoError(message, decodable)
 
 
 def read_clip(path, choose_indices):
-    """Frames at choose_indices(frame count), an int array of any shape -> indices.shape + (H, W, 3). FFmpeg's headers
-    only estimate some lengths: when the stream ends early (a header without a count reads as endless, so that the
-    walk finds the end), the indices are chosen again for the frames that did decode."""
+    """Frames at choose_indices(frame count), an int array of any shape: indices.shape + (H, W, 3).
+    FFmpeg's headers only estimate some lengths: when the stream ends early (a header without a
+    count reads as endless, so that the walk finds the end), the indices are chosen again for the
+    frames that did decode."""
     capture, header_frames, seekable = open_video(path)
     try:
         try:
@@ -111,55 +374,27 @@ def read_clip(path, choose_indices):
 
 
 def read_frames(path, indices):
-    """uint8 RGB array (len(indices), H, W, 3): frame i is the i-th decoded frame. Raises VideoError."""
-    return read_clip(os.fspath(path), lambda frames: np.asarray(indices, dtype=np.int64).reshape(-1))
+    """uint8 RGB (len(indices), H, W, 3): frame i is the i-th decoded frame. Raises VideoError."""
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    return read_clip(os.fspath(path), lambda frames: indices)
 
 
-# sampling: every random number comes from the generator passed in (see KineticsDataset.__getitem__) ------------------
-def fitting_stride(video_frames, num_frames, stride):
-    """The largest stride <= `stride` whose clip fits in the video; 0 when even stride 1 does not fit."""
-    return min(stride, (video_frames - 1) // max(num_frames - 1, 1))
-
-
-def stretched_clip(video_frames, num_frames):
-    """A video shorter than the clip: every frame, in order, some repeated."""
-    return np.arange(num_frames) * video_frames // num_frames
-
-
-def train_clip_indices(video_frames, num_frames, stride, rng):
-    """`num_frames` frames `stride` apart from a uniformly random start."""
-    step = fitting_stride(video_frames, num_frames, stride)
-    if step == 0:
-        return stretched_clip(video_frames, num_frames)
-    return rng.integers(0, video_frames - step * (num_frames - 1)) + step * np.arange(num_frames)
-
-
-def multiview_clip_indices(video_frames, num_frames, stride, clips):
-    """(clips, num_frames) indices as mmaction2's SampleFrames(test_mode=True): the possible starts cut into
-    `clips` equal segments, a clip starting at the middle of each (one clip: the centre of the video)."""
-    step = fitting_stride(video_frames, num_frames, stride)
-    if step == 0:
-        return np.tile(stretched_clip(video_frames, num_frames), (clips, 1))
-    segment = (video_frames - step * (num_frames - 1)) / clips
-    starts = (np.arange(clips) * segment + segment / 2).astype(np.int64)  # mmaction2's arithmetic, to the frame
-    return starts[:, None] + step * np.arange(num_frames)
-
-
-# augmentation --------------------------------------------------------------------------------------------------------
+# augmentation
 def random_train_box(height, width, img_size, short_side, rng):
-    """(y, x, side) of the square in the frame that equals: short side resized to a random S in `short_side`
-    (for 224-pixel crops, scaled for others), then a random img_size x img_size crop."""
+    """(y, x, side) of the square in the frame that equals: short side resized to a random S in
+    `short_side` (for 224-pixel crops, scaled for others), then a random img_size square crop."""
     low, high = (round(img_size * s / 224) for s in short_side)
-    side = min(height, width, max(1, round(min(height, width) * img_size / rng.integers(low, high + 1))))
+    short = min(height, width)
+    side = min(short, max(1, round(short * img_size / rng.integers(low, high + 1))))
     return int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1)), side
 
 
 def crop_resize(frames, box, img_size):
-    """uint8 (T, H, W, 3) -> (T, img_size, img_size, 3): the square `box` resized to img_size x img_size."""
+    """uint8 (T, H, W, 3) -> (T, img_size, img_size, 3): the square `box` resized to img_size."""
     y, x, side = box
     interpolation = cv2.INTER_AREA if side > img_size else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(f[y:y + side, x:x + side], (img_size, img_size), interpolation=interpolation)
-                     for f in frames])
+    return np.stack([cv2.resize(frame[y:y + side, x:x + side], (img_size, img_size),
+                                interpolation=interpolation) for frame in frames])
 
 
 def adjust_saturation(clip, factor):
@@ -168,17 +403,18 @@ def adjust_saturation(clip, factor):
 
 
 def adjust_hue(clip, shift):  # shift: a fraction of the hue circle
-    hsv = np.stack([cv2.cvtColor(frame, cv2.COLOR_RGB2HSV) for frame in clip])  # float: hue in degrees [0, 360)
+    hsv = np.stack([cv2.cvtColor(frame, cv2.COLOR_RGB2HSV) for frame in clip])  # hue: degrees
     hsv[..., 0] = (hsv[..., 0] + 360 * shift) % 360
     return np.stack([cv2.cvtColor(frame, cv2.COLOR_HSV2RGB) for frame in hsv])
 
 
-JITTERS = [((0.5, 2.0), np.multiply), ((0.5, 3.0), adjust_saturation), ((0.8, 1.2), np.power),  # brightness,
-           ((-0.5, 0.5), adjust_hue)]  # saturation, gamma, hue, with the ranges of TokenShift's code
+# brightness, saturation, gamma, hue, with the ranges of TokenShift's code
+JITTERS = [((0.5, 2.0), np.multiply), ((0.5, 3.0), adjust_saturation), ((0.8, 1.2), np.power),
+           ((-0.5, 0.5), adjust_hue)]
 
 
 def colour_jitter(clip, rng):
-    """float32 (T, H, W, 3) RGB in [0, 1]; each jitter with p = JITTER_PROB, the same for every frame."""
+    """float32 RGB (T, H, W, 3) in [0, 1]: each jitter with p = JITTER_PROB, alike in all frames."""
     for (low, high), jitter in JITTERS:
         if rng.random() < JITTER_PROB:
             clip = np.clip(jitter(clip, rng.uniform(low, high)), 0, 1)
@@ -187,162 +423,35 @@ def colour_jitter(clip, rng):
 
 def to_tensor(clip):
     """float (T, H, W, 3) in [0, 1] -> float32 tensor (3, T, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2), dtype=np.float32)) * 2 - 1
+    channels_first = np.ascontiguousarray(clip.transpose(3, 0, 1, 2), dtype=np.float32)
+    return torch.from_numpy(channels_first) * 2 - 1
 
 
 def train_transform(frames, img_size, short_side, rng):
-    clip = crop_resize(frames, random_train_box(*frames.shape[1:3], img_size, short_side, rng), img_size)
+    box = random_train_box(*frames.shape[1:3], img_size, short_side, rng)
+    clip = crop_resize(frames, box, img_size)
     if rng.random() < FLIP_PROB:
         clip = clip[:, :, ::-1]
     return to_tensor(colour_jitter(clip.astype(np.float32) / 255, rng))
 
 
 def multiview_transform(clips, img_size, crops):
-    """uint8 (clips, T, H, W, 3) -> (clips * crops, 3, T, img_size, img_size), clip-major: each clip cut into
-    `crops` squares of the full short side spread along the long side (left/center/right for 3)."""
+    """uint8 (clips, T, H, W, 3) -> (clips * crops, 3, T, img_size, img_size), clip-major: each
+    clip cut into `crops` squares of the full short side along the long side (left/center/right)."""
     (height, width), side = clips.shape[2:4], min(clips.shape[2:4])
     slack = max(height, width) - side
     offsets = np.round(np.linspace(0, slack, crops) if crops > 1 else [slack / 2])
     boxes = [(0, int(x), side) if width >= height else (int(x), 0, side) for x in offsets]
-    return torch.stack([to_tensor(crop_resize(clip, box, img_size) / 255.0) for clip in clips for box in boxes])
+    return torch.stack([to_tensor(crop_resize(clip, box, img_size) / 255.0)
+                        for clip in clips for box in boxes])
 
 
-# dataset layouts -----------------------------------------------------------------------------------------------------
-def is_video(path):
-    return not os.path.basename(path).startswith(".") and path.lower().endswith(VIDEO_EXTENSIONS)
-
-
-def scan_videos(directory):
-    """Sorted paths of the video files under `directory`; hidden ones (e.g. unfinished --resize output) skipped."""
-    return sorted(p for p in glob.glob(os.path.join(directory, "**", "*"), recursive=True) if is_video(p))
-
-
-def folder_layout(root, split):
-    split_dir = os.path.join(root, split)
-    if not os.path.isdir(split_dir):
-        raise ValueError(f"{split_dir}: folder not found (expected {root}/{split}/<class>/<video>, "
-                         f"or pass annotations= for a CSV or list file)")
-    classes = sorted({e.name for folder in (split_dir, os.path.join(root, "train")) if os.path.isdir(folder)
-                      for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")})
-    found = [(path, label) for label, name in enumerate(classes) for path in scan_videos(os.path.join(split_dir, name))]
-    return [path for path, _ in found], [label for _, label in found], classes
-
-
-def listed_layout(root, split, annotations):
-    """Videos, labels, classes of a Kinetics CSV (label,youtube_id,time_start,time_end[,split]: the videos
-    {youtube_id}_{start:06d}_{end:06d}.<any extension>) or an mmaction2 list ("relative/path label_index")."""
-    try:
-        with open(annotations, newline="") as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError:
-        raise ValueError(f"{annotations}: not a text file (a Kinetics CSV or a list file is)") from None
-    video_dir = os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root
-    kinetics = bool(lines) and "youtube_id" in lines[0]
-    name = os.path.basename if kinetics else lambda path: os.path.relpath(path, video_dir)  # as the list names it
-    on_disk = {os.path.splitext(name(path))[0]: path for path in reversed(scan_videos(video_dir))}
-    if kinetics:
-        reader = csv.DictReader(lines)
-        if not {"label", "youtube_id", "time_start", "time_end"} <= set(reader.fieldnames):
-            raise ValueError(f"{annotations}: a Kinetics CSV needs the columns label,youtube_id,time_start,time_end")
-        wanted = {split, "validate", "validation"} if split == "val" else {split}  # Kinetics writes either
-        try:
-            rows = [(f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}", r["label"])
-                    for r in reader if r.get("split", split) in wanted]
-        except (TypeError, ValueError):
-            raise ValueError(f"{annotations}: line {reader.line_num}: time_start/time_end are not numbers") from None
-        classes = sorted({name for _, name in rows})
-        rows = [(key, classes.index(name)) for key, name in rows]
-    else:
-        rows = [line.rsplit(maxsplit=1) for line in lines if line.strip()]
-        bad = next((n for n, r in enumerate(rows, 1) if len(r) != 2 or not r[1].isdigit()), None)
-        if bad:
-            raise ValueError(f"{annotations}: line {bad}: expected 'relative/path label_index', got {rows[bad - 1]}")
-        rows = [(os.path.normpath(os.path.splitext(path)[0]), int(label)) for path, label in rows]
-        classes = [str(i) for i in range(max((label for _, label in rows), default=-1) + 1)]
-    found = [(on_disk[key], label) for key, label in rows if key in on_disk]
-    if not found:
-        raise ValueError(f"{annotations}: none of its {len(rows)} videos of split {split!r} is under {video_dir}")
-    if len(found) < len(rows):
-        print(f"data: {len(rows) - len(found)} of {len(rows)} videos listed in {annotations} are missing "
-              f"under {video_dir}; using the {len(found)} found", file=sys.stderr)
-    return [path for path, _ in found], [label for _, label in found], classes
-
-
-class KineticsDataset(Dataset):
-    """(video, label), float32 in [-1, 1]: train (3, T, img_size, img_size), test (clips * crops, 3, T, ...) items
-    of root/{split}/{class}/<video> folders or of an annotation list (listed_layout). A broken video is reported
-    once (when `report`) and marked in `broken`, memory shared with the DataLoader workers so that none decodes it
-    again; training takes the next good video instead, a test item is None (collate_readable drops it). Item i's
-    augmentation draws from a generator seeded with (*epoch_seed, i, video) alone (not workers, ranks, or which
-    videos broke before), so that a run resumes exactly."""
-
-    def __init__(self, root, split="train", *, train=None, annotations=None, num_frames=8, stride=32, img_size=224,
-                 clips=10, crops=3, short_side=(224, 330), report=True):
-        sizes = dict(num_frames=num_frames, stride=stride, img_size=img_size, clips=clips, crops=crops)
-        for name, value in sizes.items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"KineticsDataset: {name}={value!r}: must be a positive integer")
-        self.root, self.short_side = os.fspath(root), short_side
-        self.train = split == "train" if train is None else train
-        self.num_frames, self.stride, self.img_size, self.clips, self.crops = sizes.values()
-        self.videos, self.labels, self.classes = (folder_layout(self.root, split) if annotations is None else
-                                                  listed_layout(self.root, split, os.fspath(annotations)))
-        if not self.videos:
-            raise ValueError(f"{os.path.join(self.root, split)}: no videos found ({', '.join(VIDEO_EXTENSIONS)})")
-        # a byte per video, set by the worker that finds it broken; no lock: 'spawn' workers could not receive one
-        self.broken = multiprocessing.RawArray("b", len(self.videos))
-        self.report, self.epoch_seed = report, (0, 0)
-
-    def __len__(self):
-        return len(self.videos)
-
-    def __getitem__(self, index):
-        if not self.train:
-            return None if self.broken[index] else self.try_load(index, None)
-        failures = 0
-        for i in (n % len(self) for n in range(index, index + len(self))):
-            if self.broken[i]:
-                continue
-            item = self.try_load(i, np.random.default_rng([*self.epoch_seed, index, i]))
-            if item is not None:
-                return item
-            failures += 1
-            if failures == MAX_BROKEN_IN_A_ROW:
-                raise VideoError(f"{self.root}: {failures} broken videos in a row from {self.videos[index]} on")
-        raise VideoError(f"{self.root}: every video is broken")
-
-    def try_load(self, i, rng):
-        """(clip, label), or None for a broken video, which is then marked and reported."""
-        try:
-            if self.train:
-                frames = read_clip(self.videos[i], lambda n: train_clip_indices(n, self.num_frames, self.stride, rng))
-                return train_transform(frames, self.img_size, self.short_side, rng), self.labels[i]
-            return test_views(self.videos[i], self.num_frames, self.stride, self.img_size, self.clips,
-                              self.crops), self.labels[i]
-        except VideoError as error:
-            if not self.broken[i] and self.report:
-                print(f"data: skipping broken video: {error}", file=sys.stderr, flush=True)
-            self.broken[i] = 1
-            return None
-
-
-def test_views(path, num_frames, stride, img_size, clips=10, crops=3):
-    """The multi-view test input of one video: (clips * crops, 3, T, img_size, img_size)."""
-    frames = read_clip(path, lambda n: multiview_clip_indices(n, num_frames, stride, clips))
-    return multiview_transform(frames, img_size, crops)
-
-
-def collate_readable(batch):
-    """A test batch without its broken (None) items: (views, labels, number dropped), or (None, None, dropped)."""
-    readable = [item for item in batch if item is not None]
-    return (*default_collate(readable), len(batch) - len(readable)) if readable else (None, None, len(batch))
-
-
-# files: written whole or not at all ----------------------------------------------------------------------------------
+# files: written whole or not at all
 @contextlib.contextmanager
 def atomic_path(path):
-    """A path beside `path` to write a file or folder to, renamed to `path` when the block ends, removed when it fails:
-    never half a file under the real name. Hidden, .tmp-* (removed at the next start), the extension kept."""
+    """A path beside `path` to write a file or folder to, renamed to `path` when the block ends,
+    removed when it fails: never half a file under the real name. Hidden, .tmp-* (removed at the
+    next start), the extension kept."""
     folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".tmp-{os.urandom(4).hex()}-{name}")
@@ -357,12 +466,13 @@ def atomic_path(path):
         with contextlib.suppress(OSError):
             os.remove(tmp)  # or a file
         if isinstance(error, OSError):  # name the file being written, not the temporary one
-            raise OSError(error.errno, f"{path}: {(error.strerror or str(error)).lower()}") from None
+            reason = (error.strerror or str(error)).lower()
+            raise OSError(error.errno, f"{path}: {reason}") from None
         raise
 
 
 def check_writable(path):
-    """Raises OSError now if `path` could not be written later (an unwritable folder, or a folder at `path`)."""
+    """Raises OSError now if `path` could not be written later (unwritable folder, or a folder)."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -370,21 +480,25 @@ def check_writable(path):
         if os.path.isdir(path):
             raise IsADirectoryError("is a folder")
     except OSError as error:
-        raise OSError(f"{path}: cannot be written ({(error.strerror or str(error)).lower()})") from None
+        reason = (error.strerror or str(error)).lower()
+        raise OSError(f"{path}: cannot be written ({reason})") from None
 
 
-# the prepared copy (--resize) and the synthetic dataset: indexed MJPEG .avi files ------------------------------------
+# --resize: the prepared copy, indexed MJPEG .avi files
 def write_mjpeg(path, frames, fps):
-    """BGR `frames` as an indexed MJPEG .avi, every frame one JPEG: OpenCV's reader seeks it exactly. FFmpeg's writer
-    takes OpenCV's JPEGs (its own MJPEG encoder makes files 1.6x larger and slower to decode). Returns the count."""
+    """BGR `frames` as an indexed MJPEG .avi, every frame one JPEG: OpenCV's reader seeks it
+    exactly. FFmpeg's writer takes OpenCV's JPEGs (its own MJPEG encoder makes files 1.6x larger and
+    slower to decode). Returns the count."""
     writer, count = None, 0
     for count, frame in enumerate(frames, 1):
         if writer is None:
-            writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps, frame.shape[1::-1],
-                                     [cv2.VIDEOWRITER_PROP_RAW_VIDEO, 1, cv2.VIDEOWRITER_PROP_KEY_INTERVAL, 1])
+            raw_jpegs = [cv2.VIDEOWRITER_PROP_RAW_VIDEO, 1, cv2.VIDEOWRITER_PROP_KEY_INTERVAL, 1]
+            writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps,
+                                     frame.shape[1::-1], raw_jpegs)
             if not writer.isOpened():
                 raise VideoError(f"{path}: OpenCV cannot write MJPEG .avi here")
-        writer.write(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])[1].reshape(1, -1))
+        jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])[1]
+        writer.write(jpeg.reshape(1, -1))
     if writer is not None:
         writer.release()
     return count
@@ -393,18 +507,20 @@ def write_mjpeg(path, frames, fps):
 def shrink(frame, short_side):
     """The frame with its short side made `short_side`, never larger."""
     scale = short_side / min(frame.shape[:2])
-    return cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else frame
+    if scale < 1:
+        frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return frame
 
 
 def prepare_video(job):
-    """job (source, target, short_side): write `target` (.avi), every frame of `source` shrunk to `short_side`.
-    Returns a broken video's error instead of raising it: a pool goes on."""
+    """job (source, target, short_side): write `target` (.avi), every frame of `source` shrunk to
+    `short_side`. Returns a broken video's error instead of raising it: a pool goes on."""
     source, target, short_side = job
     capture = None
     try:
         with atomic_path(target) as partial:
             capture = open_video(source)[0]
-            frames = (shrink(frame, short_side) for _, frame in iter(capture.read, (False, None)))  # to the end
+            frames = (shrink(frame, short_side) for _, frame in iter(capture.read, (False, None)))
             if not write_mjpeg(partial, frames, capture.get(cv2.CAP_PROP_FPS) or 30.0):
                 raise VideoError(f"{source}: no frame could be decoded")
     except VideoError as error:
@@ -415,63 +531,75 @@ def prepare_video(job):
 
 
 def resize_dataset(source_root, target_root, short_side, workers):
-    """The prepared copy: the same layout, each video an MJPEG .avi with its short side at `short_side`, other files
-    copied. Resumable: a video whose .avi exists is skipped (atomic_path writes each)."""
+    """The prepared copy: the same layout, each video an MJPEG .avi of short side `short_side`,
+    other files copied. Resumable: a video whose .avi exists is skipped (atomic_path wrote it)."""
     source_root, target_root = os.path.abspath(source_root), os.path.abspath(target_root)
     inside = os.path.commonpath([source_root, target_root]) == source_root
     if not os.path.isdir(source_root) or short_side < 2 or inside:
-        raise ValueError(f"--resize {source_root} {target_root}: the source must be a folder, the target outside it, "
-                         f"and --short-side at least 2")
+        raise ValueError(f"--resize {source_root} {target_root}: the source must be a folder, "
+                         f"the target outside it, and --short-side at least 2")
     jobs = []
     for path in sorted(glob.glob(os.path.join(source_root, "**", "*"), recursive=True)):
         target = os.path.join(target_root, os.path.relpath(path, source_root))
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        if is_video(path) and not os.path.exists(os.path.splitext(target)[0] + ".avi"):
-            jobs.append((path, os.path.splitext(target)[0] + ".avi", short_side))
+        avi = os.path.splitext(target)[0] + ".avi"
+        if is_video(path) and not os.path.exists(avi):
+            jobs.append((path, avi, short_side))
         elif os.path.isfile(path) and not is_video(path) and not os.path.exists(target):
             shutil.copy2(path, target)
     with multiprocessing.Pool(max(1, workers)) as pool:
-        failures = [f for f in tqdm(pool.imap_unordered(prepare_video, jobs), total=len(jobs), desc="preparing") if f]
+        results = pool.imap_unordered(prepare_video, jobs)
+        failures = [error for error in tqdm(results, total=len(jobs), desc="preparing") if error]
     for failure in failures:
         print(f"data: skipping broken video: {failure}", file=sys.stderr)
-    print(f"prepared {len(jobs) - len(failures)} videos in {target_root} ({len(failures)} broken, skipped)")
+    print(f"prepared {len(jobs) - len(failures)} videos in {target_root} "
+          f"({len(failures)} broken, skipped)")
     return failures
 
 
+# --make-synthetic: a dataset only a temporal model can learn
 def synthetic_clip(rng, num_frames, size):
-    """uint8 RGB (num_frames, size, size, 3): one bright disk or square moving down over a plain dark background
-    (over a colourful one, a ViT trained from scratch on a CPU spends its first thousand steps on the background)."""
-    frames = np.broadcast_to(rng.uniform(0, 60, 3).astype(np.uint8), (num_frames, size, size, 3)).copy()
+    """uint8 RGB (num_frames, size, size, 3): one bright disk or square moving down over a plain
+    dark background (over a colourful one, a ViT trained from scratch on a CPU spends its first
+    thousand steps on the background)."""
+    background = rng.uniform(0, 60, 3).astype(np.uint8)
+    frames = np.broadcast_to(background, (num_frames, size, size, 3)).copy()
     colour = tuple(int(c) for c in rng.integers(150, 256, 3))
-    zoom = rng.uniform(0.6, 1.0)  # size and speed; training magnifies 1-1.47x: test views fall in what it sees
-    radius, travel = 0.15 * zoom * size, 0.7 * zoom * size  # travel over the video also sets the speed
-    y0, x, square = rng.uniform(radius, size - radius - travel), rng.uniform(radius, size - radius), rng.random() < 0.5
-    fixed_point = lambda xy: np.round(np.asarray(xy) * 16).astype(np.int32)  # 4 fractional bits: smooth motion
+    zoom = rng.uniform(0.6, 1.0)  # training magnifies 1-1.47x: test views fall in what it sees
+    radius, travel = 0.15 * zoom * size, 0.7 * zoom * size  # travel over the video: the speed
+    y0 = rng.uniform(radius, size - radius - travel)
+    x, square = rng.uniform(radius, size - radius), rng.random() < 0.5
+    def fixed_point(xy):  # 4 fractional bits: smooth motion
+        return np.round(np.asarray(xy) * 16).astype(np.int32)
     for t, frame in enumerate(frames):
         centre = np.array([x, y0 + t / max(num_frames - 1, 1) * travel])
         if square:
             corners = centre + radius * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]])
             cv2.fillPoly(frame, [fixed_point(corners)], colour, cv2.LINE_AA, 4)
         else:
-            cv2.circle(frame, tuple(fixed_point(centre).tolist()), int(fixed_point(radius)), colour, -1, cv2.LINE_AA, 4)
+            cv2.circle(frame, tuple(fixed_point(centre).tolist()), int(fixed_point(radius)), colour,
+                       -1, cv2.LINE_AA, 4)
     return frames
 
 
 def make_synthetic(root, *, train_per_class=100, val_per_class=25, num_frames=32, size=96, seed=0):
-    """A two-class dataset in the folder layout, reused if `root` holds one made with these settings; returns the
-    classes. Pair k of a split is one clip X (synthetic_clip) as {split}/down/{k:04d}.avi and X backwards as
-    {split}/up/{k:04d}.avi: the same frames (and the sampling is symmetric in time), so a frame-wise model with
-    temporal averaging is at chance by construction. Vertical motion, as training flips frames horizontally;
-    intra-only MJPEG, as inter-frame codecs leave direction-dependent artefacts in each frame."""
+    """A two-class dataset in the folder layout, reused if `root` holds one made with these
+    settings; returns the classes. Pair k of a split is one clip X (synthetic_clip) as
+    {split}/down/{k:04d}.avi and X backwards as {split}/up/{k:04d}.avi: the same frames (and the
+    sampling is symmetric in time), so a frame-wise model with temporal averaging is at chance by
+    construction. Vertical motion, as training flips frames horizontally; intra-only MJPEG, as
+    inter-frame codecs leave direction-dependent artefacts in each frame."""
     root = os.path.abspath(os.fspath(root))
-    settings = dict(train_per_class=train_per_class, val_per_class=val_per_class, num_frames=num_frames,
-                    size=size, seed=seed, classes=list(SYNTHETIC_CLASSES), version=SYNTHETIC_VERSION)
+    settings = dict(train_per_class=train_per_class, val_per_class=val_per_class,
+                    num_frames=num_frames, size=size, seed=seed, classes=list(SYNTHETIC_CLASSES),
+                    version=SYNTHETIC_VERSION)
     with contextlib.suppress(OSError, ValueError), open(os.path.join(root, "synthetic.json")) as f:
         if json.load(f) == settings:
             return list(SYNTHETIC_CLASSES)
     if os.path.isdir(root) and os.listdir(root):
-        raise FileExistsError(f"{root}: exists, and is not a synthetic dataset made with these settings")
-    for leftover in glob.glob(os.path.join(os.path.dirname(root), f".tmp-*-{os.path.basename(root)}")):  # killed
+        raise FileExistsError(f"{root}: exists, and is not a synthetic dataset of these settings")
+    killed = glob.glob(os.path.join(os.path.dirname(root), f".tmp-*-{os.path.basename(root)}"))
+    for leftover in killed:
         shutil.rmtree(leftover, ignore_errors=True)
     rng = np.random.default_rng(seed)
     with atomic_path(root) as staging:
@@ -480,21 +608,24 @@ def make_synthetic(root, *, train_per_class=100, val_per_class=25, num_frames=32
                 clip = synthetic_clip(rng, num_frames, size)
                 for name, frames in (("down", clip), ("up", clip[::-1])):
                     os.makedirs(os.path.join(staging, split, name), exist_ok=True)
-                    write_mjpeg(os.path.join(staging, split, name, f"{k:04d}.avi"),
-                                (cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) for frame in frames), 25)
+                    bgr = (cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) for frame in frames)
+                    write_mjpeg(os.path.join(staging, split, name, f"{k:04d}.avi"), bgr, 25)
         with open(os.path.join(staging, "synthetic.json"), "w") as f:
             json.dump(settings, f)
     return list(SYNTHETIC_CLASSES)
 
 
-def benchmark(roots, *, annotations=None, split="train", workers=0, clips=100, img_size=224, num_frames=8,
-              stride=32, gpu_clips=450):
-    """Training clips/s (decoding and augmentation) of each dataset on one core and with `workers` DataLoader workers,
-    taking turns clip by clip so that a shared machine's noise hits all alike (decord: tests/test_loader_speed)."""
+# --benchmark
+def benchmark(roots, *, annotations=None, split="train", workers=0, clips=100, img_size=224,
+              num_frames=8, stride=32, gpu_clips=450):
+    """Training clips/s (decoding and augmentation) of each dataset on one core and with `workers`
+    DataLoader workers, taking turns clip by clip so that a shared machine's noise hits all alike
+    (decord: tests/test_loader_speed)."""
     torch.set_num_threads(1)
-    sets = {root: KineticsDataset(root, split, annotations=annotations, num_frames=num_frames, stride=stride,
-                                  img_size=img_size) for root in roots}
-    picks = [turn * 7919 % min(map(len, sets.values())) for turn in range(clips)]  # the same videos, scattered
+    sets = {root: KineticsDataset(root, split, annotations=annotations, num_frames=num_frames,
+                                  stride=stride, img_size=img_size) for root in roots}
+    shortest = min(map(len, sets.values()))
+    picks = [turn * 7919 % shortest for turn in range(clips)]  # the same videos, scattered
     seconds = {root: 0.0 for root in roots}
     for i in tqdm(picks, desc="one core", leave=False):
         for root, dataset in sets.items():
@@ -507,52 +638,67 @@ def benchmark(roots, *, annotations=None, split="train", workers=0, clips=100, i
         for i in (i for i in dict.fromkeys(picks) if not dataset.broken[i]):
             capture, n, seekable = open_video(dataset.videos[i])
             capture.release()
-            indices = train_clip_indices(n, num_frames, stride, np.random.default_rng([*dataset.epoch_seed, i, i]))
-            decoded.append(len(np.unique(indices)) if seekable else indices.max() + 1)  # the item's own draw
+            rng = np.random.default_rng([*dataset.epoch_seed, i, i])  # the item's own draw
+            indices = train_clip_indices(n, num_frames, stride, rng)
+            decoded.append(len(np.unique(indices)) if seekable else indices.max() + 1)
             frames, size = frames + n, size + os.path.getsize(dataset.videos[i])
-        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=clips + workers)
+        sampler = torch.utils.data.RandomSampler(dataset, replacement=True,
+                                                 num_samples=clips + workers)
         batches = iter(DataLoader(dataset, batch_size=1, num_workers=workers, sampler=sampler))
         for _ in range(workers):  # not timed: the workers' start
             next(batches)
         start = time.perf_counter()
         parallel = sum(1 for _ in batches) / (time.perf_counter() - start)
         per_frame = size / frames
-        print(f"{root}: one core {one_core:.1f} clips/s ({np.mean(decoded):.0f} frames decoded per clip); {workers} "
-              f"workers {parallel:.1f} clips/s; {per_frame / 1e3:.1f} kB per frame ({per_frame * 72e6 / 1e12:.2f} TB "
-              f"for Kinetics-400's 240k clips of 300 frames); {gpu_clips:g} clips/s: {gpu_clips / one_core:.1f} cores")
+        print(f"{root}: one core {one_core:.1f} clips/s ({np.mean(decoded):.0f} frames decoded "
+              f"per clip); {workers} workers {parallel:.1f} clips/s; {per_frame / 1e3:.1f} kB per "
+              f"frame "
+              f"({per_frame * 72e6 / 1e12:.2f} TB for Kinetics-400's 240k clips of 300 frames); "
+              f"{gpu_clips:g} clips/s: {gpu_clips / one_core:.1f} cores")
 
 
+# command line
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.error = refuse
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--make-synthetic", metavar="DIR", help="write the synthetic temporal dataset to DIR")
-    mode.add_argument("--resize", nargs=2, metavar=("SRC", "DST"), help="write the prepared copy of SRC to DST")
-    mode.add_argument("--benchmark", nargs="+", metavar="ROOT", help="training clips/s of each dataset")
+    mode.add_argument("--make-synthetic", metavar="DIR",
+                      help="write the synthetic temporal dataset to DIR")
+    mode.add_argument("--resize", nargs=2, metavar=("SRC", "DST"),
+                      help="write the prepared copy of SRC to DST")
+    mode.add_argument("--benchmark", nargs="+", metavar="ROOT",
+                      help="training clips/s of each dataset")
     parser.add_argument("--seed", type=int, default=0, help="--make-synthetic: random seed")
-    parser.add_argument("--short-side", type=int, default=320, help="--resize: short side in pixels (default 320)")
-    parser.add_argument("--workers", type=int, help="--resize: processes (default: all cores); --benchmark: "
-                                                    "DataLoader workers (default 0: one core only)")
-    parser.add_argument("--annotations", help="--benchmark: the videos' list (Kinetics CSV or list file)")
-    for flag, default in (("split", "train"), ("clips", 100), ("size", 224), ("frames", 8), ("stride", 32)):
-        parser.add_argument(f"--{flag}", type=type(default), default=default, help=f"--benchmark (default {default})")
-    parser.add_argument("--gpu-clips", type=float, default=450, help="--benchmark: clips/s the GPU eats (default 450)")
+    parser.add_argument("--short-side", type=int, default=320,
+                        help="--resize: short side in pixels (default 320)")
+    parser.add_argument("--workers", type=int, help="--resize: processes (default: all cores); "
+                        "--benchmark: DataLoader workers (default 0: one core only)")
+    parser.add_argument("--annotations",
+                        help="--benchmark: the videos' list (Kinetics CSV or list file)")
+    for flag, default in (("split", "train"), ("clips", 100), ("size", 224), ("frames", 8),
+                          ("stride", 32)):
+        parser.add_argument(f"--{flag}", type=type(default), default=default,
+                            help=f"--benchmark (default {default})")
+    parser.add_argument("--gpu-clips", type=float, default=450,
+                        help="--benchmark: clips/s the GPU eats (default 450)")
     try:
         args = parser.parse_args(argv)
         if args.make_synthetic:
-            print(f"synthetic classes {make_synthetic(args.make_synthetic, seed=args.seed)} in {args.make_synthetic}")
+            classes = make_synthetic(args.make_synthetic, seed=args.seed)
+            print(f"synthetic classes {classes} in {args.make_synthetic}")
         elif args.resize:
             resize_dataset(*args.resize, args.short_side, args.workers or os.cpu_count() or 1)
         else:
-            benchmark(args.benchmark, annotations=args.annotations, split=args.split, workers=args.workers or 0,
-                      clips=args.clips, img_size=args.size, num_frames=args.frames, stride=args.stride,
-                      gpu_clips=args.gpu_clips)
+            benchmark(args.benchmark, annotations=args.annotations, split=args.split,
+                      workers=args.workers or 0, clips=args.clips, img_size=args.size,
+                      num_frames=args.frames, stride=args.stride, gpu_clips=args.gpu_clips)
     except (VideoError, ValueError, OSError) as error:
         print(f"data.py: error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
         sys.exit(2)
 
 
-def refuse(message):  # argparse's errors as ValueError: one line and exit status 2, as every error here
+def refuse(message):  # argparse's errors as ValueError: one line and exit status 2, as all errors
     raise ValueError(message)
 
 

@@ -1,14 +1,14 @@
 """Test trained models, and measure what every variant costs.
 
-The multi-view test of the paper (Sec. 4.1): every video gives clips x crops views (10 temporal positions x 3
-spatial crops = 30 by default); each view is classified, the softmax scores of a video's views are averaged,
-and top-1 / top-5 accuracy is taken over the videos that can be decoded.
+The multi-view test of the paper (Sec. 4.1): every video gives clips x crops views (10 temporal
+positions x 3 spatial crops = 30 by default); each view is classified, the softmax scores of a
+video's views are averaged, and top-1 / top-5 accuracy is taken over the videos that decode.
 
     python evaluate.py --checkpoint runs/synthetic-KV/best.pt --json runs/synthetic-KV/eval.json
     python evaluate.py --checkpoint runs/KV/best.pt --data k400 --annotations validate.csv
-    python evaluate.py --checkpoint runs/KV/best.pt --video clip.mp4    # the top-5 classes of one video
-    python evaluate.py --speed                     # step time, memory and FLOP utilisation of all 16 variants
-    python evaluate.py --table runs/*/eval.json    # a Markdown table of --json reports
+    python evaluate.py --checkpoint runs/KV/best.pt --video clip.mp4  # its top-5 classes
+    python evaluate.py --speed  # step time, memory and FLOP utilisation of all 16 variants
+    python evaluate.py --table runs/*/eval.json  # a Markdown table of --json reports
 """
 import argparse
 import csv
@@ -27,8 +27,8 @@ from tqdm import tqdm
 import data
 import vit
 
-# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, matched against the GPU's name; first
-# match wins, so the more specific names come first.
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, matched against the GPU's
+# name; the first match wins, so the more specific names come first.
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
                     ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0)]
 
@@ -40,41 +40,59 @@ def parse_args(argv):
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--checkpoint", help="train.py checkpoint to test (e.g. runs/KV/best.pt)")
     mode.add_argument("--speed", action="store_true", help="benchmark the cost of every variant")
-    mode.add_argument("--table", nargs="+", metavar="JSON", help="print a Markdown table of --json reports")
+    mode.add_argument("--table", nargs="+", metavar="JSON",
+                      help="print a Markdown table of --json reports")
     p.add_argument("--video", help="with --checkpoint: print the top-5 classes of this one video")
     p.add_argument("--data", help="dataset root (default: the one the checkpoint was trained on)")
     p.add_argument("--split", default="val", help="split folder under --data (default: val)")
     p.add_argument("--annotations", help="Kinetics CSV or list file of the split")
-    p.add_argument("--clips", type=int, default=10, help="temporal positions per video (default 10)")
+    p.add_argument("--clips", type=int, default=10,
+                   help="temporal positions per video (default 10)")
     p.add_argument("--crops", type=int, default=3, help="spatial crops per clip (default 3)")
     p.add_argument("--average", choices=("softmax", "logits"), default="softmax",
-                   help="how views are combined: softmax scores (default), or logits as the released code")
-    p.add_argument("--amp", choices=vit.AMP, default="auto", help="auto: bf16 on GPUs that have it; fp32 on CPU")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader processes")
+                   help="how views combine: softmax (default) or logits (as the released code)")
+    p.add_argument("--amp", choices=vit.AMP, default="auto",
+                   help="auto: bf16 on GPUs that have it; fp32 on CPU")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="data loader processes")
     p.add_argument("--json", help="write the report (test or speed) here as JSON")
     p.add_argument("--per-class", help="write per-class accuracy here as CSV")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-size", type=int,
-                   help="test: videos per forward (default 1); speed: clips per step (default 21 on a GPU, 2 on CPU)")
-    p.add_argument("--size", choices=vit.SIZES, help="speed: ViT size (default B/16 on a GPU, Ti/16 on CPU)")
-    p.add_argument("--img-size", type=int, help="speed: frame size (default 224 on a GPU, 112 on CPU)")
+    p.add_argument("--batch-size", type=int, help="test: videos per forward (default 1); "
+                   "speed: clips per step (default 21 on a GPU, 2 on CPU)")
+    add_speed_args(p)
+    args = p.parse_args(argv)
+    for flag in ("clips", "crops", "batch_size", "img_size", "frames", "warmup", "repeats"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')} {value}: must be a positive integer")
+    for path in (args.json, args.per_class):  # fail before the test, not after it
+        if path:
+            data.check_writable(path)
+    return args
+
+
+def add_speed_args(p):
+    p.add_argument("--size", choices=vit.SIZES,
+                   help="speed: ViT size (default B/16 on a GPU, Ti/16 on CPU)")
+    p.add_argument("--img-size", type=int,
+                   help="speed: frame size (default 224 on a GPU, 112 on CPU)")
     p.add_argument("--frames", type=int, default=8, help="speed: frames per clip (default 8)")
     p.add_argument("--variants", nargs="+", choices=vit.VARIANTS, default=list(vit.VARIANTS),
                    help="speed: variants to time against vit (default: all 16)")
     p.add_argument("--heads", type=int, default=2, help="speed: heads MSCA shifts (default 2)")
-    p.add_argument("--patches", type=int, default=16, help="speed: patches pMSCA shifts (default 16)")
+    p.add_argument("--patches", type=int, default=16,
+                   help="speed: patches pMSCA shifts (default 16)")
     p.add_argument("--warmup", type=int, default=2, help="speed: untimed steps per variant")
     p.add_argument("--repeats", type=int, default=10, help="speed: timed steps per variant")
-    p.add_argument("--peak-tflops", type=float, help="speed: the GPU's dense bf16 peak (default from its name)")
+    p.add_argument("--peak-tflops", type=float,
+                   help="speed: the GPU's dense bf16 peak (default from its name)")
     p.add_argument("--compile", action="store_true", help="speed: time torch.compile'd models")
-    args = p.parse_args(argv)
-    for flag in ("clips", "crops", "batch_size", "img_size", "frames", "warmup", "repeats"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be a positive integer")
-    for path in (args.json, args.per_class):  # fail now, not after an hour of testing
-        if path:
-            data.check_writable(path)
-    return args
+
+
+def write_text(path, text):
+    with data.atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 # -----------------------------------------------------------------------------
@@ -82,29 +100,33 @@ def parse_args(argv):
 
 
 def load_model(path, device):
-    """The model a train.py checkpoint describes (`vit.build_model(**model_args)`), its weights, and the checkpoint."""
+    """The model a train.py checkpoint describes, with its weights, and the checkpoint."""
     if not os.path.isfile(path):
         raise ValueError(f"--checkpoint {path}: no such file")
     ckpt = vit.load_torch_file(path)
-    missing = [k for k in ("model", "model_args", "classes", "args") if not isinstance(ckpt, dict) or k not in ckpt]
+    needed = ("model", "model_args", "classes", "args")
+    missing = [k for k in needed if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise ValueError(f"--checkpoint {path}: not a train.py checkpoint (no {', '.join(missing)})")
+        raise ValueError(f"--checkpoint {path}: not a train.py checkpoint "
+                         f"(no {', '.join(missing)})")
     model = vit.build_model(**ckpt["model_args"])
     return vit.load_state(model, ckpt["model"], path).to(device).eval(), ckpt
 
 
 @torch.no_grad()
-def predict_videos(model, dataset, *, device, amp_dtype=None, batch_size=1, workers=0, average="softmax"):
-    """The multi-view test over a KineticsDataset(train=False): (scores (videos, classes), labels, broken videos
-    skipped). Only the videos that can be decoded are scored and counted."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=data.collate_readable,
-                        pin_memory=device.type == "cuda")
+def predict_videos(model, dataset, *, device, amp_dtype=None, batch_size=1, workers=0,
+                   average="softmax"):
+    """The multi-view test over a KineticsDataset(train=False): scores (videos, classes), labels,
+    and the number of broken videos skipped. Only videos that decode are scored."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                        collate_fn=data.collate_readable, pin_memory=device.type == "cuda")
     scores, labels, skipped = [], [], 0
     for views, label, dropped in tqdm(loader, desc="test", unit="batch", dynamic_ncols=True):
         skipped += dropped
         if views is not None:
             with vit.autocast(device, amp_dtype):
-                scores.append(vit.video_scores(model, views.to(device, non_blocking=True), average).cpu())
+                views = views.to(device, non_blocking=True)
+                scores.append(vit.video_scores(model, views, average).cpu())
             labels.append(label)
     if not scores:
         raise ValueError(f"--data {dataset.root}: none of its {skipped} videos could be decoded")
@@ -112,7 +134,7 @@ def predict_videos(model, dataset, *, device, amp_dtype=None, batch_size=1, work
 
 
 def per_class_csv(scores, labels, classes):
-    """One row per class: how many videos it has and its top-1 / top-5 accuracy in percent."""
+    """One row per class: how many videos it has, its top-1 / top-5 accuracy in percent."""
     top1, top5 = vit.topk_hits(scores, labels, 1), vit.topk_hits(scores, labels, 5)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -120,48 +142,66 @@ def per_class_csv(scores, labels, classes):
     for index, name in enumerate(classes):
         mine = labels == index
         n = int(mine.sum())
-        writer.writerow([name, n] + [f"{100 * hits[mine].float().mean():.2f}" if n else "nan" for hits in (top1, top5)])
+        accuracy = [f"{100 * hits[mine].float().mean():.2f}" if n else "nan"
+                    for hits in (top1, top5)]
+        writer.writerow([name, n] + accuracy)
     return out.getvalue()
+
+
+def classify_video(model, path, classes, view_args, device, amp_dtype, average):
+    """The top-5 classes of one video by the multi-view test, printed and returned."""
+    views = data.test_views(path, **view_args)
+    with torch.no_grad(), vit.autocast(device, amp_dtype):
+        scores = vit.video_scores(model, views[None].to(device), average)[0]
+    top = scores.topk(min(5, len(classes)))
+    top5 = {classes[i]: p for p, i in zip(top.values.tolist(), top.indices.tolist())}
+    for name, p in top5.items():
+        print(f"{p:8.4f}  {name}")  # probability, or mean logit with --average logits
+    return {"video": path, "top5": top5}
 
 
 def run_test(args, device):
     model, ckpt = load_model(args.checkpoint, device)
     model_args, classes, stride = ckpt["model_args"], ckpt["classes"], ckpt["args"]["stride"]
     amp_dtype = vit.amp_dtype(args.amp, device)
-    view_args = dict(num_frames=model_args["num_frames"], stride=stride, img_size=model_args["img_size"],
-                     clips=args.clips, crops=args.crops)
+    view_args = dict(num_frames=model_args["num_frames"], stride=stride,
+                     img_size=model_args["img_size"], clips=args.clips, crops=args.crops)
     if args.video:
-        views = data.test_views(args.video, **view_args)
-        with torch.no_grad(), vit.autocast(device, amp_dtype):
-            scores = vit.video_scores(model, views[None].to(device), args.average)[0]
-        top = scores.topk(min(5, len(classes)))
-        for p, i in zip(top.values.tolist(), top.indices.tolist()):
-            print(f"{p:8.4f}  {classes[i]}")  # probability, or mean logit with --average logits
-        return {"video": args.video, "top5": {classes[i]: p for p, i in zip(top.values.tolist(), top.indices.tolist())}}
+        return classify_video(model, args.video, classes, view_args, device, amp_dtype,
+                              args.average)
     root = args.data or ckpt["args"]["data"]
-    dataset = data.KineticsDataset(root, args.split, train=False, annotations=args.annotations, **view_args)
+    dataset = data.KineticsDataset(root, args.split, train=False,
+                                   annotations=args.annotations, **view_args)
     unknown = sorted(set(dataset.classes) - set(classes))
     if unknown:
-        raise ValueError(f"--data {root}: classes the checkpoint was not trained on: {', '.join(unknown[:5])}")
+        raise ValueError(f"--data {root}: classes the checkpoint was not trained on: "
+                         f"{', '.join(unknown[:5])}")
     start = time.time()
-    scores, labels, skipped = predict_videos(model, dataset, device=device, amp_dtype=amp_dtype,
-                                             batch_size=args.batch_size or 1, workers=args.workers,
-                                             average=args.average)
-    labels = torch.tensor([classes.index(c) for c in dataset.classes])[labels]  # the split may hold fewer classes
-    report = {"top1": 100.0 * vit.topk_hits(scores, labels, 1).float().mean().item(),
-              "top5": 100.0 * vit.topk_hits(scores, labels, 5).float().mean().item() if len(classes) > 5 else None,
-              "views": args.clips * args.crops, "clips": args.clips, "crops": args.crops, "average": args.average,
+    scores, labels, skipped = predict_videos(
+        model, dataset, device=device, amp_dtype=amp_dtype, batch_size=args.batch_size or 1,
+        workers=args.workers, average=args.average)
+    # the split may hold fewer classes than the checkpoint
+    labels = torch.tensor([classes.index(c) for c in dataset.classes])[labels]
+    top1 = 100.0 * vit.topk_hits(scores, labels, 1).float().mean().item()
+    top5 = None  # top-5 of 5 classes or fewer is always 100 %
+    if len(classes) > 5:
+        top5 = 100.0 * vit.topk_hits(scores, labels, 5).float().mean().item()
+    report = {"top1": top1, "top5": top5, "views": args.clips * args.crops,
+              "clips": args.clips, "crops": args.crops, "average": args.average,
               "videos": len(labels), "skipped": skipped, "variant": model_args["variant"],
-              "checkpoint": args.checkpoint, "epoch": ckpt.get("epoch"), "data": root, "split": args.split,
-              "model_args": model_args, "seconds": round(time.time() - start, 1)}
-    top5 = f"top-5 {report['top5']:.2f}%" if report["top5"] is not None else f"(top-5: {len(classes)} classes)"
-    print(f"{report['variant']}: top-1 {report['top1']:.2f}%  {top5}  over {report['videos']} videos x "
+              "checkpoint": args.checkpoint, "epoch": ckpt.get("epoch"), "data": root,
+              "split": args.split, "model_args": model_args,
+              "seconds": round(time.time() - start, 1)}
+    top5_text = f"(top-5: {len(classes)} classes)"
+    if top5 is not None:
+        top5_text = f"top-5 {top5:.2f}%"
+    print(f"{report['variant']}: top-1 {top1:.2f}%  {top5_text}  over {len(labels)} videos x "
           f"{report['views']} views ({skipped} broken videos skipped)")
-    reports = {args.json: json.dumps(report, indent=2), args.per_class: per_class_csv(scores, labels, classes)}
+    reports = {args.json: json.dumps(report, indent=2),
+               args.per_class: per_class_csv(scores, labels, classes)}
     for path, text in reports.items():
         if path:
-            with data.atomic_path(path) as tmp, open(tmp, "w") as f:
-                f.write(text)
+            write_text(path, text)
     return report
 
 
@@ -170,22 +210,23 @@ def run_test(args, device):
 
 
 def train_flops(model, frames, img_size, batch_size, num_classes):
-    """Matmul FLOPs of one forward+backward step, counted analytically (2 FLOPs per multiply-add).
+    """Matmul FLOPs of one forward+backward step, counted analytically (2 per multiply-add).
 
-    Per frame, with L = N + 1 tokens of width D, patch size P and MLP width M:
-      patch embedding 2*N*3P^2*D, and per block 2*L*D*3D (qkv) + 2*L*L*D (QK^T) + 2*L*L*D (AV)
-      + 2*L*D*D (proj) + 2*L*D*M*2 (MLP) + 2*D*C (head, on every frame's class token).
-    Backward costs twice the forward. MSCA only changes which frame some heads/tokens come from and TokenShift
-    moves a few channels, so the count is the same for every variant; the timings show the real overhead.
+    Per frame, with L = N + 1 tokens of width D, patch size P and MLP width M: patch embedding
+    2*N*3P^2*D; per block 2*L*D*3D (qkv) + 2*L*L*D (QK^T) + 2*L*L*D (AV) + 2*L*D*D (proj)
+    + 2*L*D*M*2 (MLP); head 2*D*C on every frame's class token. Backward costs twice the
+    forward. MSCA only changes which frame some heads/tokens come from and TokenShift moves a
+    few channels, so the count is the same for every variant; the timings show the overhead.
     """
     state = model.state_dict()
     width, patch = state["cls_token"].shape[-1], state["patch_embed.proj.weight"].shape[-1]
     mlp, depth = state["blocks.0.mlp.fc1.weight"].shape[0], len(model.blocks)
     n = (img_size // patch) ** 2
     tokens = n + 1
-    block = 2 * tokens * width * 3 * width + 4 * tokens * tokens * width + 2 * tokens * width * width \
-        + 4 * tokens * width * mlp
-    return 3 * batch_size * frames * (2 * n * 3 * patch * patch * width + depth * block + 2 * width * num_classes)
+    block = (2 * tokens * width * 3 * width + 4 * tokens * tokens * width
+             + 2 * tokens * width * width + 4 * tokens * width * mlp)
+    frame = 2 * n * 3 * patch * patch * width + depth * block + 2 * width * num_classes
+    return 3 * batch_size * frames * frame
 
 
 def train_step(model, video, labels, amp_dtype):
@@ -196,7 +237,7 @@ def train_step(model, video, labels, amp_dtype):
 
 
 def timed_step(model, video, labels, amp_dtype):
-    """Seconds of one forward+backward step and, on a GPU, the peak bytes it allocated beyond the weights."""
+    """Seconds of one forward+backward step and, on a GPU, its peak bytes beyond the weights."""
     cuda = video.device.type == "cuda"
     model.zero_grad(set_to_none=True)
     if cuda:
@@ -207,11 +248,13 @@ def timed_step(model, video, labels, amp_dtype):
     train_step(model, video, labels, amp_dtype)
     if cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - start, torch.cuda.max_memory_allocated() - resident if cuda else None
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() - resident if cuda else None
+    return seconds, peak
 
 
 def saved_activation_bytes(model, video, labels, amp_dtype):
-    """Bytes autograd keeps for the backward pass (each storage counted once, weights not), on any device."""
+    """Bytes autograd keeps for backward (each storage counted once, weights not), any device."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages = {}
 
@@ -226,13 +269,16 @@ def saved_activation_bytes(model, video, labels, amp_dtype):
     return sum(storages.values())
 
 
-def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patches, device, amp_dtype=None,
-                    warmup=2, repeats=10, num_classes=400, peak_tflops=None, compile=False):
-    """Forward+backward cost of every variant against the first (vit), measured round-robin so that drift hits
-    all of them alike: median step time, clips/s, saved activations, peak memory (GPU), TFLOP/s, MFU."""
+def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patches, device,
+                    amp_dtype=None, warmup=2, repeats=10, num_classes=400, peak_tflops=None,
+                    compile=False):
+    """Forward+backward cost of every variant against the first (vit), measured round-robin so
+    that drift hits all alike: median step time, clips/s, saved activations, peak memory (GPU),
+    TFLOP/s, MFU."""
     torch.manual_seed(0)
-    models = {v: vit.build_model(v, num_classes, frames, size=size, img_size=img_size, heads=heads,
-                                 patches=patches).to(device).train() for v in variants}
+    models = {v: vit.build_model(v, num_classes, frames, size=size, img_size=img_size,
+                                 heads=heads, patches=patches).to(device).train()
+              for v in variants}
     video = torch.rand(batch_size, 3, frames, img_size, img_size, device=device) * 2 - 1
     labels = torch.randint(num_classes, (batch_size,), device=device)
     saved = {v: saved_activation_bytes(models[v], video, labels, amp_dtype) for v in variants}
@@ -242,7 +288,8 @@ def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patc
             train_step(nets[v], video, labels, amp_dtype)
     times, peaks = {v: [] for v in variants}, {v: 0 for v in variants}
     for r in tqdm(range(repeats), desc="timing", dynamic_ncols=True):
-        for v in variants[r % len(variants):] + variants[:r % len(variants)]:  # rotated: no variant always first
+        first = r % len(variants)
+        for v in variants[first:] + variants[:first]:  # rotated: no variant always first
             seconds, peak = timed_step(nets[v], video, labels, amp_dtype)
             times[v].append(seconds)
             peaks[v] = max(peaks[v], peak or 0)
@@ -251,7 +298,8 @@ def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patc
     rows = []
     for v in variants:
         step = statistics.median(times[v])
-        row = {"variant": v, "step_ms": 1000 * step, "ratio": step / statistics.median(times[base]),
+        row = {"variant": v, "step_ms": 1000 * step,
+               "ratio": step / statistics.median(times[base]),
                "clips_per_s": batch_size / step, "activation_mib": saved[v] / 2**20,
                "activation_ratio": saved[v] / saved[base], "tflops": flops / step / 1e12}
         if device.type == "cuda":
@@ -263,41 +311,53 @@ def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patc
 
 
 def speed_table(rows):
-    cols = [("variant", "variant", "{}"), ("step ms", "step_ms", "{:.1f}"), ("x ViT", "ratio", "{:.3f}"),
-            ("clips/s", "clips_per_s", "{:.1f}"), ("saved activations MiB", "activation_mib", "{:.1f}"),
+    cols = [("variant", "variant", "{}"), ("step ms", "step_ms", "{:.1f}"),
+            ("x ViT", "ratio", "{:.3f}"), ("clips/s", "clips_per_s", "{:.1f}"),
+            ("saved activations MiB", "activation_mib", "{:.1f}"),
             ("x ViT", "activation_ratio", "{:.3f}"), ("peak MiB", "peak_mib", "{:.0f}"),
-            ("x ViT", "peak_ratio", "{:.3f}"),
-            ("TFLOP/s", "tflops", "{:.1f}"), ("MFU", "mfu", "{:.1%}")]
+            ("x ViT", "peak_ratio", "{:.3f}"), ("TFLOP/s", "tflops", "{:.1f}"),
+            ("MFU", "mfu", "{:.1%}")]
     cols = [c for c in cols if c[1] in rows[0]]
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
-    return "\n".join(lines + ["| " + " | ".join(fmt.format(r[key]) for _, key, fmt in cols) + " |" for r in rows])
+    for row in rows:
+        lines.append("| " + " | ".join(fmt.format(row[key]) for _, key, fmt in cols) + " |")
+    return "\n".join(lines)
 
 
 def run_speed(args, device):
     cuda = device.type == "cuda"
-    # on a GPU the paper's B/16 at 224 px with its 21 clips per GPU; on a CPU a small model, about a minute
-    size, img_size = args.size or ("B/16" if cuda else "Ti/16"), args.img_size or (224 if cuda else 112)
+    # on a GPU the paper's B/16 at 224 px with its 21 clips per GPU; on a CPU a small model
+    size = args.size or ("B/16" if cuda else "Ti/16")
+    img_size = args.img_size or (224 if cuda else 112)
     batch_size = args.batch_size or (21 if cuda else 2)
     amp_dtype = vit.amp_dtype(args.amp, device)
-    device_name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    peak = args.peak_tflops or next((t for name, t in PEAK_BF16_TFLOPS if cuda and name in device_name), None)
-    rows = benchmark_speed(["vit"] + [v for v in args.variants if v != "vit"], size=size, img_size=img_size,
-                           frames=args.frames, batch_size=batch_size, heads=args.heads, patches=args.patches,
-                           device=device, amp_dtype=amp_dtype, warmup=args.warmup, repeats=args.repeats,
+    threads = f"CPU, {torch.get_num_threads()} threads"
+    device_name = torch.cuda.get_device_name(device) if cuda else threads
+    known = (tflops for name, tflops in PEAK_BF16_TFLOPS if cuda and name in device_name)
+    peak = args.peak_tflops or next(known, None)
+    rows = benchmark_speed(["vit"] + [v for v in args.variants if v != "vit"], size=size,
+                           img_size=img_size, frames=args.frames, batch_size=batch_size,
+                           heads=args.heads, patches=args.patches, device=device,
+                           amp_dtype=amp_dtype, warmup=args.warmup, repeats=args.repeats,
                            peak_tflops=peak, compile=args.compile)
-    precision = (f"{amp_dtype} autocast" if amp_dtype else "fp32") + (", torch.compile" if args.compile else "")
-    title = (f"{device_name}, torch {torch.__version__}, {size} at {img_size} px, {args.frames} frames, batch "
-             f"{batch_size}, {precision}, median of {args.repeats} interleaved forward+backward steps"
-             + (f", MFU against a dense bf16 peak of {peak:g} TFLOP/s" if peak else ""))
+    precision = f"{amp_dtype} autocast" if amp_dtype else "fp32"
+    if args.compile:
+        precision += ", torch.compile"
+    title = (f"{device_name}, torch {torch.__version__}, {size} at {img_size} px, "
+             f"{args.frames} frames, batch {batch_size}, {precision}, "
+             f"median of {args.repeats} interleaved forward+backward steps")
+    if peak:
+        title += f", MFU against a dense bf16 peak of {peak:g} TFLOP/s"
     print(title, speed_table(rows), sep="\n")
     worst = max(rows, key=lambda r: r["ratio"])
-    print(f"slowest relative to vit: {worst['variant']} at {worst['ratio']:.3f}x; most activations: "
-          f"{max(r['activation_ratio'] for r in rows):.3f}x vit")
+    most = max(r["activation_ratio"] for r in rows)
+    print(f"slowest relative to vit: {worst['variant']} at {worst['ratio']:.3f}x; "
+          f"most activations: {most:.3f}x vit")
     if args.json:
-        report = {"title": title, "device": device_name, "size": size, "img_size": img_size, "frames": args.frames,
-                  "batch_size": batch_size, "precision": precision, "peak_tflops": peak, "rows": rows}
-        with data.atomic_path(args.json) as tmp, open(tmp, "w") as f:
-            json.dump(report, f, indent=2)
+        report = {"title": title, "device": device_name, "size": size, "img_size": img_size,
+                  "frames": args.frames, "batch_size": batch_size, "precision": precision,
+                  "peak_tflops": peak, "rows": rows}
+        write_text(args.json, json.dumps(report, indent=2))
     return rows
 
 
@@ -310,10 +370,12 @@ def results_table(paths):
             with open(path) as f:
                 r = json.load(f)
             top5 = "-" if r["top5"] is None else f"{r['top5']:.1f}"
-            lines.append(f"| {r['variant']} | {r['top1']:.1f} | {top5} | {r['videos']} | {r['views']} "
-                         f"| {r['skipped']} | {r['checkpoint']} ({r.get('epoch')}) |")
+            checkpoint = f"{r['checkpoint']} ({r.get('epoch')})"
+            lines.append(f"| {r['variant']} | {r['top1']:.1f} | {top5} | {r['videos']} "
+                         f"| {r['views']} | {r['skipped']} | {checkpoint} |")
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"--table {path}: not an evaluate.py --json report ({type(error).__name__})") from None
+            problem = f"not an evaluate.py --json report ({type(error).__name__})"
+            raise ValueError(f"--table {path}: {problem}") from None
     return "\n".join(lines)
 
 
@@ -327,11 +389,15 @@ def main(argv=None):
             device = torch.device(args.device)
             torch.empty(0, device=device)
         except (RuntimeError, AssertionError) as error:
-            raise ValueError(f"--device {args.device}: not usable ({str(error).splitlines()[0]})") from None
-        return run_speed(args, device) if args.speed else run_test(args, device)
+            first_line = str(error).splitlines()[0]
+            raise ValueError(f"--device {args.device}: not usable ({first_line})") from None
+        if args.speed:
+            return run_speed(args, device)
+        return run_test(args, device)
     except (ValueError, OSError, data.VideoError) as error:
-        print(f"evaluate.py: error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)  # a worker's error
-        sys.exit(2)  # ends with its message
+        # a worker's error carries the worker's traceback and ends with its message
+        print(f"evaluate.py: error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -218,7 +218,7 @@ def test_horizontal_flip_about_half_the_time(tmp_path):
     dataset = data.KineticsDataset(tmp_path, num_frames=2, stride=1, img_size=16)
     flipped = 0
     for epoch in range(300):  # the augmentation of an item depends on (seed, epoch, item)
-        dataset.epoch_seed = (0, epoch)
+        dataset.set_epoch(0, epoch)
         flipped += dataset[0][0][0, :, :, 0].mean().item() < 0  # red channel of column 0
     assert 110 < flipped < 190
 
@@ -384,6 +384,55 @@ def test_all_broken_raises_instead_of_looping(tmp_path):
     with pytest.raises(data.VideoError, match="every video is broken"):
         dataset[0]
     assert sum(dataset.broken) == 3
+    assert dataset.sync_broken(torch.device("cpu")) == 3  # without torch.distributed: the count
+
+
+def find_broken_as_rank(rank, root, store, results):
+    """One of two gloo processes: each meets one broken video, then learns the other's."""
+    sys.stderr = open(f"{store}.rank{rank}", "w")  # its reports, for the test to read
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                                         world_size=2)
+    dataset = data.KineticsDataset(root, num_frames=2, stride=2, img_size=16, report=rank == 0)
+    met = ("b", "truncated.mp4") if rank == 0 else ("a", "not_a_video.mp4")
+    dataset[dataset.videos.index(os.path.join(root, "train", *met))]
+    results.put((rank, dataset.sync_broken(torch.device("cpu")), list(dataset.broken)))
+    torch.distributed.destroy_process_group()
+    sys.stderr.close()
+
+
+def test_ranks_learn_each_others_broken_videos_and_rank_0_reports_them(tmp_path):
+    dataset_with_broken_videos(tmp_path)
+    names = [os.path.basename(path) for path in data.KineticsDataset(tmp_path).videos]
+    both = [int(name in ("not_a_video.mp4", "truncated.mp4")) for name in names]
+    context = torch.multiprocessing.get_context("fork")
+    results, store = context.Queue(), str(tmp_path / "store")
+    ranks = [context.Process(target=find_broken_as_rank, args=(rank, str(tmp_path), store, results))
+             for rank in (0, 1)]
+    for process in ranks:
+        process.start()
+    found = sorted(results.get(timeout=60) for _ in ranks)
+    for process in ranks:
+        process.join(timeout=60)
+    assert found == [(0, 2, both), (1, 2, both)]  # each counts both, marks both
+    report = open(f"{store}.rank0").read()
+    assert report.count("truncated.mp4") == 1  # met by rank 0 itself: reported as it was met
+    assert report.count("not_a_video.mp4 (found by another process)") == 1
+    assert open(f"{store}.rank1").read() == ""  # rank 1 does not report
+
+
+def test_persistent_workers_draw_each_epochs_augmentation(videos):
+    settings = dict(num_frames=2, stride=2, img_size=16)
+    dataset = data.KineticsDataset(videos, **settings)
+    loader = DataLoader(dataset, batch_size=3, num_workers=2, persistent_workers=True)
+    epochs = []
+    for epoch in (1, 2):
+        dataset.set_epoch(0, epoch)  # the workers started in epoch 1 stay for epoch 2
+        clips = torch.cat([video for video, _ in loader])
+        reference = data.KineticsDataset(videos, **settings)  # read in this process, no workers
+        reference.set_epoch(0, epoch)
+        assert torch.equal(clips, torch.stack([reference[i][0] for i in range(len(reference))]))
+        epochs.append(clips)
+    assert len(epochs[0]) == 6 and not torch.equal(epochs[0], epochs[1])
 
 
 # ----------------------------------------------------------------------------- synthetic dataset

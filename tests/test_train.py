@@ -1,4 +1,5 @@
-"""train.py: gradient accumulation, a tiny end-to-end run, exact resume, bad input and NaN handling.
+"""train.py: gradient accumulation, a tiny end-to-end run, exact resume (with loader workers too),
+bad input and NaN handling.
 
 Runs go through `train.main(argv)` in-process (fast) on a few tiny videos written here with cv2; one
 bad-input case goes through a real subprocess to check the exit status and the single stderr line.
@@ -44,6 +45,22 @@ def rebuild(ckpt):
     return model
 
 
+@pytest.fixture(scope="module")
+def two_epochs(videos, tmp_path_factory, one_thread):
+    """OUT folder of a finished 2-epoch run, clips loaded in the main process (--workers 0)."""
+    out = tmp_path_factory.mktemp("runs") / "two"
+    assert train.main(tiny_args(videos, out, "--epochs", "2")) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_epochs_with_workers(videos, tmp_path_factory, one_thread):
+    """The same run with 2 loader workers, which persist from epoch 1 to epoch 2."""
+    out = tmp_path_factory.mktemp("runs") / "two-workers"
+    assert train.main(tiny_args(videos, out, "--epochs", "2", "--workers", "2")) == 0
+    return out
+
+
 def digest(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
@@ -51,6 +68,18 @@ def digest(path):
 def log_rows(out):
     with open(out / "log.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def untimed_log(out):
+    """log.csv less the columns that hold timings (clips_per_s, seconds)."""
+    kept = ("epoch", "step", "lr", "train_loss", "train_top1", "val_top1", "val_top5", "skipped")
+    return [{column: row[column] for column in kept} for row in log_rows(out)]
+
+
+def same_weights(a, b):
+    model_a, model_b = load(a / "last.pt")["model"], load(b / "last.pt")["model"]
+    return model_a.keys() == model_b.keys() and all(torch.equal(model_a[k], model_b[k])
+                                                    for k in model_a)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -77,7 +106,8 @@ def smoothed_cross_entropy(logits, labels, eps):
     return -(target * logits.log_softmax(1)).sum(1).mean()
 
 
-@pytest.mark.parametrize("clips, accum, windows", [(8, 4, [range(0, 8)]), (10, 4, [range(0, 8), range(8, 10)])])
+@pytest.mark.parametrize("clips, accum, windows",
+                         [(8, 4, [range(0, 8)]), (10, 4, [range(0, 8), range(8, 10)])])
 def test_accumulated_gradients_equal_one_big_batch(clips, accum, windows):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 2 * 4 * 4, 5))
@@ -113,8 +143,9 @@ def test_one_epoch_writes_log_args_and_loadable_checkpoints(one_epoch):
     assert {"model", "optimizer", "scaler", "epoch", "step", "args", "model_args", "classes"} <= set(ckpt)
     assert ckpt["epoch"] == 1 and ckpt["step"] == 2 and ckpt["classes"] == sorted(CLASSES)
     assert ckpt["scaler"] is None  # fp32 on CPU
-    assert ckpt["model_args"] == dict(variant="KV", num_classes=2, num_frames=2, size="Ti/16", img_size=32, heads=2,
-                                      patches=16, msca_blocks=None, shift_div=4, shift_layout="paper")
+    assert ckpt["model_args"] == dict(variant="KV", num_classes=2, num_frames=2, size="Ti/16",
+                                      img_size=32, heads=2, patches=16, msca_blocks=None,
+                                      shift_div=4, shift_layout="paper")
     assert ckpt["args"]["stride"] == 2 and ckpt["args"]["data"] and ckpt["args"]["annotations"] is None
     model = rebuild(ckpt).eval()
     with torch.no_grad():
@@ -124,9 +155,9 @@ def test_one_epoch_writes_log_args_and_loadable_checkpoints(one_epoch):
     assert not list(one_epoch.glob(".tmp-*"))
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(videos, one_epoch, tmp_path):
-    straight = tmp_path / "straight"
-    assert train.main(tiny_args(videos, straight, "--epochs", "2")) == 0
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(videos, one_epoch, two_epochs,
+                                                               tmp_path):
+    straight = two_epochs
     resumed = tmp_path / "resumed"
     shutil.copytree(one_epoch, resumed)
     assert train.main(tiny_args(videos, resumed, "--epochs", "2", "--resume")) == 0
@@ -143,7 +174,24 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(videos, one_epoch
     assert [r["train_loss"] for r in log_rows(resumed)] == [r["train_loss"] for r in log_rows(straight)]
 
 
-def test_nan_loss_stops_and_leaves_the_last_checkpoint_intact(videos, one_epoch, tmp_path, monkeypatch, capsys):
+def test_loader_workers_change_nothing(two_epochs, two_epochs_with_workers):
+    # each clip's augmentation is drawn from (seed, epoch, item) alone, and set_epoch reaches the
+    # persistent workers: a stale epoch 1 seed there would change epoch 2's clips and losses
+    assert untimed_log(two_epochs_with_workers) == untimed_log(two_epochs)
+    assert len(log_rows(two_epochs)) == 2 and same_weights(two_epochs_with_workers, two_epochs)
+
+
+def test_resume_with_persistent_workers_is_exact(videos, two_epochs_with_workers, tmp_path):
+    resumed = tmp_path / "resumed"
+    workers = ("--workers", "2")
+    assert train.main(tiny_args(videos, resumed, "--epochs", "1", *workers)) == 0
+    assert train.main(tiny_args(videos, resumed, "--epochs", "2", *workers, "--resume")) == 0
+    assert untimed_log(resumed) == untimed_log(two_epochs_with_workers)
+    assert len(log_rows(resumed)) == 2 and same_weights(resumed, two_epochs_with_workers)
+
+
+def test_nan_loss_stops_and_leaves_the_last_checkpoint_intact(videos, one_epoch, tmp_path,
+                                                              monkeypatch, capsys):
     out = tmp_path / "nan"
     shutil.copytree(one_epoch, out)
     before = {name: digest(out / name) for name in ("last.pt", "best.pt", "log.csv")}
@@ -167,16 +215,20 @@ def test_nan_loss_stops_and_leaves_the_last_checkpoint_intact(videos, one_epoch,
 
 def test_recipes_paper_with_data_small_without_and_set_flags_win(videos, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    paper, _ = train.configure(*train.parse_args(["--data", str(videos), "--variant", "pKV"]))
+    paper, _ = train.configure(train.parse_flags(["--data", str(videos), "--variant", "pKV"]))
     assert (paper.size, paper.img_size, paper.frames, paper.stride) == ("B/16", 224, 8, 32)
-    assert (paper.epochs, paper.lr, paper.lr_steps, paper.momentum, paper.weight_decay) == (12, 0.1, [10], 0.9, 0)
+    assert (paper.epochs, paper.lr, paper.lr_steps, paper.momentum, paper.weight_decay) == (
+        12, 0.1, [10], 0.9, 0)
     assert (paper.batch_size, paper.accum_steps, paper.heads, paper.patches) == (21, 10, 2, 16)
-    assert (paper.label_smoothing, paper.clip_grad, paper.out) == (0.1, 1.0, os.path.join("runs", "pKV"))
+    assert (paper.label_smoothing, paper.clip_grad, paper.out) == (
+        0.1, 1.0, os.path.join("runs", "pKV"))
     assert paper.short_side == [224, 330] and paper.shift_layout == "paper"
 
-    small, _ = train.configure(*train.parse_args(["--variant", "vit", "--epochs", "3", "--img-size", "48"]))
+    small, _ = train.configure(train.parse_flags(["--variant", "vit", "--epochs", "3",
+                                                  "--img-size", "48"]))
     assert small.synthetic and small.data == train.SYNTHETIC_DIR
-    assert (small.size, small.epochs, small.img_size, small.out) == ("Ti/16", 3, 48, os.path.join("runs", "synthetic-vit"))
+    assert (small.size, small.epochs, small.img_size, small.out) == (
+        "Ti/16", 3, 48, os.path.join("runs", "synthetic-vit"))
 
 
 def test_lr_is_divided_by_ten_at_each_step():
@@ -209,9 +261,10 @@ def bad_inputs(videos, tmp):
     }
 
 
-@pytest.mark.parametrize("case", ["missing data", "empty dataset", "unknown variant", "odd heads", "too many patches",
-                                  "unreadable pretrained", "missing pretrained", "zero batch", "not a number",
-                                  "would clobber", "nothing to resume", "damaged checkpoint"])
+@pytest.mark.parametrize("case", ["missing data", "empty dataset", "unknown variant", "odd heads",
+                                  "too many patches", "unreadable pretrained", "missing pretrained",
+                                  "zero batch", "not a number", "would clobber",
+                                  "nothing to resume", "damaged checkpoint"])
 def test_bad_input_exits_2_with_one_line(case, videos, tmp_path, capsys):
     extra, named = bad_inputs(videos, tmp_path)[case]
     argv = tiny_args(videos, tmp_path / "out", "--epochs", "1") + extra  # later flags win
@@ -224,8 +277,8 @@ def test_bad_input_exits_2_with_one_line(case, videos, tmp_path, capsys):
 def test_bad_input_from_the_command_line(videos, tmp_path):
     (tmp_path / "garbage.npz").write_bytes(b"not a checkpoint")
     argv = tiny_args(videos, tmp_path / "out", "--pretrained", str(tmp_path / "garbage.npz"))
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *argv], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=120)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *argv],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "garbage.npz" in lines[0] and "Traceback" not in result.stderr, result.stderr
