@@ -14,11 +14,15 @@ every codec, nor cheaper with a keyframe every 250 frames.
 import argparse
 import contextlib
 import csv
+import ctypes
+import errno
+import filecmp
 import glob
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -39,6 +43,7 @@ cv2.setNumThreads(1)  # one thread per DataLoader worker: the workers are the pa
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv",
                     ".wmv", ".3gp", ".ogv")
 MJPEG_QUALITY = 90  # of the prepared copy's JPEGs; 95 costs 1.4x the disk and decodes slower
+PREPARED_VERSION = 1  # of prepare_video's files: a copy of another version is not resumed
 FLIP_PROB, JITTER_PROB = 0.5, 0.1
 MAX_BROKEN_IN_A_ROW = 32  # this many broken videos in a row: the dataset is broken, not a file
 SYNTHETIC_CLASSES = ("down", "up")
@@ -71,6 +76,9 @@ class KineticsDataset(Dataset):
         for name, value in sizes.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"KineticsDataset: {name}={value!r}: must be a positive integer")
+        if min(scaled_short_side(short_side, img_size)) < 1:
+            raise ValueError(f"KineticsDataset: short_side={list(short_side)} (--short-side) "
+                             f"scales to less than 1 pixel for img_size={img_size}")
         self.root, self.short_side, self.report = os.fspath(root), short_side, report
         self.train = split == "train" if train is None else train
         self.num_frames, self.stride, self.img_size, self.clips, self.crops = sizes.values()
@@ -167,10 +175,18 @@ def is_video(path):
     return not os.path.basename(path).startswith(".") and path.lower().endswith(VIDEO_EXTENSIONS)
 
 
+def walk_files(directory):
+    """Sorted paths of the files under `directory`, but hidden ones (unfinished writes). Symlinked
+    files count, symlinked folders are not entered: one linking to a folder above would loop."""
+    found = []
+    for folder, subfolders, names in os.walk(directory):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        found += [os.path.join(folder, name) for name in names if not name.startswith(".")]
+    return sorted(found)
+
+
 def scan_videos(directory):
-    """Sorted paths of the video files under `directory`, but hidden ones (unfinished writes)."""
-    paths = glob.glob(os.path.join(directory, "**", "*"), recursive=True)
-    return sorted(path for path in paths if is_video(path))
+    return [path for path in walk_files(directory) if is_video(path)]
 
 
 def folder_layout(root, split):
@@ -191,7 +207,7 @@ def listed_layout(root, split, annotations):
     """Videos, labels, classes of a Kinetics CSV (label,youtube_id,time_start,time_end[,split]) or
     of an mmaction2 list ("relative/path label_index"), found on disk by name, any extension."""
     try:
-        with open(annotations, newline="") as f:
+        with open(annotations, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is no header
             lines = f.read().splitlines()
     except UnicodeDecodeError:
         problem = "not a text file (a Kinetics CSV or a list file is)"
@@ -206,6 +222,14 @@ def listed_layout(root, split, annotations):
         rows, classes = kinetics_rows(lines, split, annotations)
     else:
         rows, classes = list_rows(lines, annotations)
+    labels = {}
+    for key, label in rows:
+        if labels.setdefault(key, label) != label:
+            raise ValueError(f"{annotations}: {key} is listed with two labels")
+    if len(labels) < len(rows):
+        print(f"data: dropped {len(rows) - len(labels)} repeated rows of {annotations}",
+              file=sys.stderr)
+    rows = list(labels.items())
     found = [(on_disk[key], label) for key, label in rows if key in on_disk]
     if not found:
         raise ValueError(f"{annotations}: none of its {len(rows)} videos of split {split!r} "
@@ -223,13 +247,19 @@ def kinetics_rows(lines, split, annotations):
         raise ValueError(f"{annotations}: a Kinetics CSV needs the columns "
                          f"label,youtube_id,time_start,time_end")
     wanted = {split, "validate", "validation"} if split == "val" else {split}  # Kinetics: either
+    rows, splits = [], set()
     try:  # the videos: {youtube_id}_{start:06d}_{end:06d}.<any extension>
-        rows = [(f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_"
-                 f"{int(float(r['time_end'])):06d}", r["label"])
-                for r in reader if r.get("split", split) in wanted]
+        for r in reader:
+            splits.add(repr(r.get("split")))
+            if r.get("split", split) in wanted:
+                rows.append((f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_"
+                             f"{int(float(r['time_end'])):06d}", r["label"]))
     except (TypeError, ValueError):
         raise ValueError(f"{annotations}: line {reader.line_num}: "
                          f"time_start/time_end are not numbers") from None
+    if splits and not rows:
+        raise ValueError(f"{annotations}: no row of split {split!r}; its split column holds "
+                         + ", ".join(sorted(splits)))
     classes = sorted({label for _, label in rows})
     return [(key, classes.index(label)) for key, label in rows], classes
 
@@ -287,10 +317,8 @@ def open_video(path):
         raise VideoError(f"{path}: not a file")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file")
-    with open(path, "rb") as f:
-        riff = f.read(12)
-    # only a whole AVI (its RIFF header counts the whole file): OpenCV's parser prints a cut one raw
-    if riff[8:] == b"AVI " and int.from_bytes(riff[4:8], "little") + 8 == os.path.getsize(path):
+    # only a whole, indexed AVI: OpenCV's parser prints its own errors raw for others
+    if avi_index_size(path) > 0:
         capture = cv2.VideoCapture(path, cv2.CAP_OPENCV_MJPEG)
         if capture.isOpened():
             return capture, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), True
@@ -300,6 +328,21 @@ def open_video(path):
         raise VideoError(f"{path}: not a video OpenCV can open "
                          f"(unknown format, or damaged or missing header)")
     return capture, max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0), False
+
+
+def avi_index_size(path):
+    """Bytes of the idx1 index of a whole AVI (its RIFF header counts the file); 0 for others."""
+    try:
+        with open(path, "rb") as f:
+            riff, size = f.read(12), os.fstat(f.fileno()).st_size
+            whole = riff[8:] == b"AVI " and int.from_bytes(riff[4:8], "little") + 8 == size
+            chunk = f.read(8) if whole else b""
+            while chunk[:4] not in (b"idx1", b""):  # top-level chunks: id, length, even-padded data
+                f.seek((int.from_bytes(chunk[4:8], "little") + 1) // 2 * 2, os.SEEK_CUR)
+                chunk = f.read(8)
+    except OSError as error:
+        raise VideoError(f"{path}: cannot be read ({os_reason(error)})") from None
+    return int.from_bytes(chunk[4:8], "little") if len(chunk) == 8 else 0
 
 
 def decode_frames(capture, path, indices, header_frames, seekable):
@@ -383,10 +426,14 @@ def read_frames(path, indices):
 def random_train_box(height, width, img_size, short_side, rng):
     """(y, x, side) of the square in the frame that equals: short side resized to a random S in
     `short_side` (for 224-pixel crops, scaled for others), then a random img_size square crop."""
-    low, high = (round(img_size * s / 224) for s in short_side)
+    low, high = scaled_short_side(short_side, img_size)
     short = min(height, width)
     side = min(short, max(1, round(short * img_size / rng.integers(low, high + 1))))
     return int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1)), side
+
+
+def scaled_short_side(short_side, img_size):
+    return tuple(round(img_size * side / 224) for side in short_side)
 
 
 def crop_resize(frames, box, img_size):
@@ -465,10 +512,14 @@ def atomic_path(path):
         shutil.rmtree(tmp, ignore_errors=True)  # a folder,
         with contextlib.suppress(OSError):
             os.remove(tmp)  # or a file
-        if isinstance(error, OSError):  # name the file being written, not the temporary one
-            reason = (error.strerror or str(error)).lower()
-            raise OSError(error.errno, f"{path}: {reason}") from None
+        # the error of the file being written names it, not tmp; that of a source, the source
+        if isinstance(error, OSError) and (error.filename in (None, tmp) or error.filename2 == tmp):
+            raise OSError(error.errno, f"{path}: {os_reason(error)}") from None
         raise
+
+
+def os_reason(error):
+    return (error.strerror or str(error)).lower()
 
 
 def check_writable(path):
@@ -480,8 +531,7 @@ def check_writable(path):
         if os.path.isdir(path):
             raise IsADirectoryError("is a folder")
     except OSError as error:
-        reason = (error.strerror or str(error)).lower()
-        raise OSError(f"{path}: cannot be written ({reason})") from None
+        raise OSError(f"{path}: cannot be written ({os_reason(error)})") from None
 
 
 # --resize: the prepared copy, indexed MJPEG .avi files
@@ -496,7 +546,7 @@ def write_mjpeg(path, frames, fps):
             writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps,
                                      frame.shape[1::-1], raw_jpegs)
             if not writer.isOpened():
-                raise VideoError(f"{path}: OpenCV cannot write MJPEG .avi here")
+                raise OSError(errno.EIO, "OpenCV cannot write an MJPEG .avi here", path)
         jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])[1]
         writer.write(jpeg.reshape(1, -1))
     if writer is not None:
@@ -514,47 +564,126 @@ def shrink(frame, short_side):
 
 def prepare_video(job):
     """job (source, target, short_side): write `target` (.avi), every frame of `source` shrunk to
-    `short_side`. Returns a broken video's error instead of raising it: a pool goes on."""
+    `short_side`, and read it back. Returns (broken, message to print), a broken video reported,
+    not raised: a pool goes on. A write that fails raises OSError."""
     source, target, short_side = job
     capture = None
     try:
         with atomic_path(target) as partial:
-            capture = open_video(source)[0]
+            capture, header_frames = open_video(source)[:2]
             frames = (shrink(frame, short_side) for _, frame in iter(capture.read, (False, None)))
-            if not write_mjpeg(partial, frames, capture.get(cv2.CAP_PROP_FPS) or 30.0):
+            written = write_mjpeg(partial, frames, capture.get(cv2.CAP_PROP_FPS) or 30.0)
+            if not written:
                 raise VideoError(f"{source}: no frame could be decoded")
+            check_written(partial, written)
     except VideoError as error:
-        return str(error)
+        return True, f"skipping broken video: {error}"
     finally:
         if capture is not None:
             capture.release()
+    if written < header_frames:
+        return False, (f"{source}: {written} frames decode where its header says "
+                       f"{header_frames} (truncated?); prepared those")
+    return False, None
+
+
+def check_written(path, count):
+    """Raises OSError unless OpenCV's reader seeks all `count` frames of `path`: cv2.VideoWriter
+    says nothing when the disk fills up."""
+    found, last = 0, False
+    if avi_index_size(path):
+        capture, found, seekable = open_video(path)
+        last = seekable and capture.set(cv2.CAP_PROP_POS_FRAMES, count - 1) and capture.read()[0]
+        capture.release()
+    if found != count or not last:
+        raise OSError(errno.EIO, f"{found} of its {count} frames read back (disk full?)", path)
 
 
 def resize_dataset(source_root, target_root, short_side, workers):
     """The prepared copy: the same layout, each video an MJPEG .avi of short side `short_side`,
-    other files copied. Resumable: a video whose .avi exists is skipped (atomic_path wrote it)."""
-    source_root, target_root = os.path.abspath(source_root), os.path.abspath(target_root)
+    other files copied, the settings in target_root/prepared.json. Resumable: a video whose .avi
+    exists is skipped (atomic_path wrote it once prepare_video read it back)."""
+    source_root, target_root = os.path.realpath(source_root), os.path.realpath(target_root)
     inside = os.path.commonpath([source_root, target_root]) == source_root
     if not os.path.isdir(source_root) or short_side < 2 or inside:
         raise ValueError(f"--resize {source_root} {target_root}: the source must be a folder, "
-                         f"the target outside it, and --short-side at least 2")
-    jobs = []
-    for path in sorted(glob.glob(os.path.join(source_root, "**", "*"), recursive=True)):
-        target = os.path.join(target_root, os.path.relpath(path, source_root))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        avi = os.path.splitext(target)[0] + ".avi"
-        if is_video(path) and not os.path.exists(avi):
-            jobs.append((path, avi, short_side))
-        elif os.path.isfile(path) and not is_video(path) and not os.path.exists(target):
-            shutil.copy2(path, target)
-    with multiprocessing.Pool(max(1, workers)) as pool:
-        results = pool.imap_unordered(prepare_video, jobs)
-        failures = [error for error in tqdm(results, total=len(jobs), desc="preparing") if error]
-    for failure in failures:
-        print(f"data: skipping broken video: {failure}", file=sys.stderr)
+                         f"the target outside it (symlinks resolved), and --short-side at least 2")
+    remove_leftovers(target_root)
+    record_settings(target_root, dict(short_side=short_side, mjpeg_quality=MJPEG_QUALITY,
+                                      version=PREPARED_VERSION))
+    jobs = plan_copy(source_root, target_root, short_side)
+    try:
+        with multiprocessing.Pool(max(1, workers), quiet_worker) as pool:
+            results = list(tqdm(pool.imap_unordered(prepare_video, jobs), total=len(jobs),
+                                desc="preparing"))
+    finally:
+        remove_leftovers(target_root)  # of the workers a failure or Ctrl-C terminated
+    failures = [message for broken, message in results if broken]
+    for message in filter(None, (message for _, message in results)):
+        print(f"data: {message}", file=sys.stderr)
     print(f"prepared {len(jobs) - len(failures)} videos in {target_root} "
           f"({len(failures)} broken, skipped)")
     return failures
+
+
+def remove_leftovers(target_root):
+    """Removes the partial files (atomic_path's) that killed or failed runs left in the copy."""
+    pattern = os.path.join(glob.escape(target_root), "**", ".tmp-????????-*")
+    for leftover in filter(os.path.isfile, glob.glob(pattern, recursive=True)):
+        os.remove(leftover)
+
+
+def record_settings(target_root, settings):
+    """Records `settings` in a new copy; refuses a copy made with others, or not by --resize."""
+    record, wanted = os.path.join(target_root, "prepared.json"), json.dumps(settings)
+    if os.path.isfile(record):
+        with open(record) as f:
+            recorded = f.read().strip()
+        if recorded != wanted:
+            raise ValueError(f"{record}: the copy was prepared with {recorded}, not {wanted}: "
+                             "resume it with those settings, or prepare another")
+    elif os.path.isdir(target_root) and os.listdir(target_root):
+        raise ValueError(f"{target_root}: not empty, and no prepared.json says how it was made")
+    else:
+        with atomic_path(record) as partial, open(partial, "w") as f:
+            f.write(wanted)
+
+
+def plan_copy(source_root, target_root, short_side):
+    """The jobs of the videos not yet prepared, once every other file is copied; refuses two
+    videos that would be prepared as one .avi, and a target folder that cannot be written."""
+    jobs, sources = [], {}
+    for path in walk_files(source_root):
+        target = os.path.join(target_root, os.path.relpath(path, source_root))
+        avi = os.path.splitext(target)[0] + ".avi"
+        if not is_video(path):
+            if os.path.isfile(path) and target != os.path.join(target_root, "prepared.json"):
+                copy_verified(path, target)
+        elif sources.setdefault(avi, path) != path:
+            raise ValueError(f"{sources[avi]} and {path}: both would be prepared as {avi}")
+        elif not os.path.exists(avi):
+            jobs.append((path, avi, short_side))
+    for avi in {os.path.dirname(avi): avi for _, avi, _ in jobs}.values():
+        check_writable(avi)
+    return jobs
+
+
+def copy_verified(source, target):
+    """Copies a file whole or not at all, compared byte for byte; a copy equal to it is kept."""
+    if os.path.isfile(target) and filecmp.cmp(source, target, shallow=False):
+        return
+    with atomic_path(target) as partial:
+        shutil.copy2(source, partial)
+        if not filecmp.cmp(source, partial, shallow=False):
+            raise OSError(errno.EIO, f"the copy differs from {source}", partial)
+
+
+def quiet_worker():
+    """Ctrl-C is the parent's (it ends the pool); the parent's death ends the worker (on Linux)
+    rather than leave it to fail writing to a closed pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
 # --make-synthetic: a dataset only a temporal model can learn
@@ -621,6 +750,8 @@ def benchmark(roots, *, annotations=None, split="train", workers=0, clips=100, i
     """Training clips/s (decoding and augmentation) of each dataset on one core and with `workers`
     DataLoader workers, taking turns clip by clip so that a shared machine's noise hits all alike
     (decord: tests/test_loader_speed)."""
+    if clips < 1:
+        raise ValueError(f"--clips {clips}: must be at least 1")
     torch.set_num_threads(1)
     sets = {root: KineticsDataset(root, split, annotations=annotations, num_frames=num_frames,
                                   stride=stride, img_size=img_size) for root in roots}
@@ -696,6 +827,9 @@ def main(argv=None):
     except (VideoError, ValueError, OSError) as error:
         print(f"data.py: error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # every file written is whole: the same command goes on
+        print("data.py: interrupted; no partial file left", file=sys.stderr)
+        sys.exit(130)
 
 
 def refuse(message):  # argparse's errors as ValueError: one line and exit status 2, as all errors
