@@ -669,9 +669,7 @@ def plan_copy(source_root, target_root, short_side):
 
 
 def copy_verified(source, target):
-    """Copies a file whole or not at all, compared byte for byte; a copy equal to it is kept."""
-    if os.path.isfile(target) and filecmp.cmp(source, target, shallow=False):
-        return
+    """Copies a file whole or not at all (again on a resume), compared byte for byte."""
     with atomic_path(target) as partial:
         shutil.copy2(source, partial)
         if not filecmp.cmp(source, partial, shallow=False):
