@@ -261,8 +261,7 @@ def list_rows(lines, annotations):
     classes = [str(i) for i in range(max((label for _, label in rows), default=-1) + 1)]
     names = os.path.join(os.path.dirname(annotations), "classes.txt")  # data.py --lists writes it
     if os.path.isfile(names):
-        with open(names, encoding="utf-8") as f:
-            named = [line.strip() for line in f.read().splitlines() if line.strip()]
+        named = parse_lines(names, str)
         if len(named) < len(classes):
             raise ValueError(f"{names}: {len(named)} class names, but {annotations} has label "
                              f"{len(classes) - 1}")
@@ -717,8 +716,7 @@ def benchmark(roots, *, annotations=None, split="train", workers=0, clips=100, i
 
 # --lists: list files from the official annotations of UCF101, HMDB51, Something-Something-v2
 def parse_lines(path, parse):
-    """[parse(line)] of the non-empty lines of `path`, stripped (CRLF, trailing spaces); an error
-    names the file and the line."""
+    """[parse(line)] of the lines of `path` that are not blank, stripped (CRLF, trailing spaces)."""
     with open(path, encoding="utf-8") as f:
         lines = [line.strip() for line in f.read().splitlines()]
     rows = []
@@ -740,15 +738,15 @@ def numbered_names(pairs, path, first):
 
 
 def ucf101_lists(src, split):
-    """(train, val, classes) of classInd.txt ("1 ApplyEyeMakeup", 1-based), trainlist0N.txt
-    ("Class/v_Class_g08_c01.avi 1") and testlist0N.txt (paths only). A test path takes its folder's
-    label: file names do not always spell the class as its folder (HandstandPushups holds
-    v_HandStandPushups_*); the paths are kept as listed, which is as on disk."""
+    """(train, val, classes) of classInd.txt ("1 ApplyEyeMakeup"), trainlist0N.txt ("Class/v_Class_
+    g08_c01.avi 1", 1-based) and testlist0N.txt (paths only, labelled by their folder: the file
+    names of HandstandPushups/ spell HandStandPushups). Paths as listed, which is as on disk."""
     index_file = os.path.join(src, "classInd.txt")
     classes = numbered_names(parse_lines(index_file, str.split), index_file, 1)
     index = {name: label for label, name in enumerate(classes)}
+    by_number = {str(label + 1): label for label in range(len(classes))}
     train = parse_lines(os.path.join(src, f"trainlist0{split}.txt"), lambda line: (
-        line.rsplit(maxsplit=1)[0], index[classes[int(line.rsplit(maxsplit=1)[1]) - 1]]))
+        line.rsplit(maxsplit=1)[0], by_number[line.rsplit(maxsplit=1)[1]]))
     val = parse_lines(os.path.join(src, f"testlist0{split}.txt"),
                       lambda line: (line, index[line.split("/")[0]]))
     return train, val, classes

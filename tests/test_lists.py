@@ -26,7 +26,8 @@ SSV2_CLASSES = ("Pushing something from left to right", "Pushing something from 
 
 def ramp(rng, frames=12):
     """Frames whose brightness is their index (a wrong frame is seen), with noise: 24 x 32 px."""
-    base = np.linspace(20, 235, frames)[:, None, None, None] + rng.normal(0, 10, (frames, 24, 32, 3))
+    noise = rng.normal(0, 10, (frames, 24, 32, 3))
+    base = np.linspace(20, 235, frames)[:, None, None, None] + noise
     return np.clip(base, 0, 255).astype(np.uint8)
 
 
@@ -37,7 +38,7 @@ def write_ucf101(root, rng):
         spelled = "HandStandPushups" if name == "HandstandPushups" else name  # as UCF101 has it
         for group, split in ((8, "train"), (9, "train"), (1, "test")):
             path = f"{name}/v_{spelled}_g{group:02d}_c01.avi"
-            write_video(videos / path, ramp(rng), "MJPG")
+            write_video(videos / path, ramp(rng), "XVID")  # UCF101's codec
             lines[split].append(f"{path} {label}" if split == "train" else path)
     src.mkdir()
     (src / "classInd.txt").write_bytes(b"".join(
@@ -54,7 +55,7 @@ def write_hmdb51(root, rng):
     src.mkdir()
     for name, files in HMDB_VIDEOS.items():
         for file in files:
-            write_video(root / "hmdb51" / name / file, ramp(rng), "MJPG")
+            write_video(root / "hmdb51" / name / file, ramp(rng), "XVID")
         codes = ("1", "2", "0") if name == "brush_hair" else ("2", "1", "0")
         text = "".join(f"{file} {code} \n" for file, code in zip(files, codes))
         (src / f"{name}_test_split1.txt").write_text(text)
@@ -75,8 +76,9 @@ def write_ssv2(root, rng, per_class=2, frames=ramp):
                 video_id += 1
                 write_video(videos / f"{video_id}.webm", frames(rng), "VP90")
                 template = name.replace("something", "[something]")
-                lists[part].append({"id": str(video_id), "label": name.replace("something", "a pen"),
-                                    "template": template, "placeholders": ["a pen"]})
+                filled = name.replace("something", "a pen")
+                lists[part].append({"id": str(video_id), "label": filled, "template": template,
+                                    "placeholders": ["a pen"]})
         (src / f"something-something-v2-{part}.json").write_text(json.dumps(lists[part]))
     (src / "something-something-v2-test.json").write_text(json.dumps([{"id": "1"}]))
     return src, videos
@@ -109,7 +111,8 @@ def test_ucf101_lists_match_the_official_files_and_every_video_is_found(tmp_path
     assert read_list(tmp_path / "lists" / "val.txt") == test_rows
     assert (tmp_path / "lists" / "classes.txt").read_text().splitlines() == classes
     for split, rows in (("train", train_rows), ("val", test_rows)):
-        dataset = data.KineticsDataset(videos, split, annotations=tmp_path / "lists" / f"{split}.txt")
+        listed = tmp_path / "lists" / f"{split}.txt"
+        dataset = data.KineticsDataset(videos, split, annotations=listed)
         assert dataset.classes == list(UCF_CLASSES)
         assert sorted(zip(dataset.videos, dataset.labels)) == sorted(
             (str(videos / path), label) for path, label in rows)
@@ -139,7 +142,8 @@ def test_ssv2_lists_take_the_template_without_brackets(tmp_path):
     labels = json.loads((src / "something-something-v2-labels.json").read_text())
     for part, name in (("train", "train"), ("validation", "val")):
         entries = json.loads((src / f"something-something-v2-{part}.json").read_text())
-        expected = [(e["id"] + ".webm", int(labels[e["template"].replace("[", "").replace("]", "")]))
+        expected = [(e["id"] + ".webm",
+                     int(labels[e["template"].replace("[", "").replace("]", "")]))
                     for e in entries]
         assert read_list(tmp_path / "lists" / f"{name}.txt") == expected
     assert (tmp_path / "lists" / "classes.txt").read_text().splitlines() == list(SSV2_CLASSES)
@@ -191,7 +195,8 @@ def test_flipped_clips_take_the_mirrored_label_and_unpaired_sides_never_flip(tmp
             seen.add((own, flipped))
     assert seen == {(0, False), (0, True), (1, False), (1, True), (2, False), (3, False), (3, True)}
     line = data.describe_flips(list(SSV2_CLASSES))
-    assert "'Pushing something from left to right' <-> 'Pushing something from right to left'" in line
+    pair = "'Pushing something from left to right' <-> 'Pushing something from right to left'"
+    assert pair in line
     assert "never flipped (no partner): 'Turning the camera left while filming something'" in line
     assert data.describe_flips(["abseiling", "air drumming"]) == ""
 
@@ -233,9 +238,9 @@ def test_uniform_training_takes_a_random_frame_of_each_segment(frames, segments)
     assert every <= seen
 
 
-def decode_every_frame(avi):
-    """Every frame in order, read forward by OpenCV's MJPEG reader (the loader's JPEG decoder)."""
-    capture, frames = cv2.VideoCapture(avi, cv2.CAP_OPENCV_MJPEG), []
+def decode_every_frame(path, backend=cv2.CAP_FFMPEG):
+    """Every frame in order, read forward (MJPEG .avi: by the loader's JPEG decoder, OpenCV's)."""
+    capture, frames = cv2.VideoCapture(path, backend), []
     while (frame := capture.read())[0]:
         frames.append(cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB))
     return frames
@@ -243,7 +248,7 @@ def decode_every_frame(avi):
 
 def test_uniform_test_views_are_the_formulas_frames(tmp_path):
     path = write_video(tmp_path / "v.avi", ramp(np.random.default_rng(4), frames=17), "MJPG")
-    every_frame = decode_every_frame(path)
+    every_frame = decode_every_frame(path, cv2.CAP_OPENCV_MJPEG)
     indices = [[math.floor(17 / 4 * (j + (c + 0.5) / 3)) for j in range(4)] for c in range(3)]
     expected = data.multiview_transform(np.stack(every_frame)[np.array(indices)], 32, 3)
     views = data.test_views(path, 4, 99, 32, clips=3, crops=3, sampling="uniform")
