@@ -806,12 +806,11 @@ def write_lists(dataset, src, out, split="1"):
     if split not in ("1", "2", "3"):
         raise ValueError(f"--split {split}: UCF101 and HMDB51 have splits 1, 2 and 3")
     train, val, classes = LIST_READERS[dataset](src, split)
+    texts = {"classes.txt": "".join(f"{name}\n" for name in classes)}
     for name, rows in (("train", train), ("val", val)):
         if not rows:
             raise ValueError(f"{src}: no {name} videos in split {split}")
-    texts = {"train.txt": "".join(f"{path} {label}\n" for path, label in train),
-             "val.txt": "".join(f"{path} {label}\n" for path, label in val),
-             "classes.txt": "".join(f"{name}\n" for name in classes)}
+        texts[f"{name}.txt"] = "".join(f"{path} {label}\n" for path, label in rows)
     for name, text in texts.items():
         with atomic_path(os.path.join(out, name)) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
