@@ -5,6 +5,7 @@ only a temporal model can learn.
     python data.py --make-synthetic DIR [--seed 0]
     python data.py --resize SRC DST [--short-side 320] [--workers N]
     python data.py --benchmark ROOT [ROOT ...] [--annotations LIST] [--workers N] [--clips 100]
+    python data.py --lists {ucf101,hmdb51,ssv2} SRC OUT [--split 1|2|3]
 
 The prepared copy (--resize) is indexed MJPEG .avi files: OpenCV's own reader seeks to any frame
 through the index, so that a clip costs its 8 JPEG decodes. Other videos (Kinetics' H.264) are
@@ -21,6 +22,7 @@ import glob
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import sys
@@ -48,6 +50,7 @@ FLIP_PROB, JITTER_PROB = 0.5, 0.1
 MAX_BROKEN_IN_A_ROW = 32  # this many broken videos in a row: the dataset is broken, not a file
 SYNTHETIC_CLASSES = ("down", "up")
 SYNTHETIC_VERSION = 3  # of synthetic_clip and its files: a cache of another version is not reused
+SIDES, SWAPPED = re.compile(r"\b(left|right)\b"), {"left": "right", "right": "left"}
 
 
 class VideoError(Exception):
@@ -70,7 +73,8 @@ class KineticsDataset(Dataset):
     that a run resumes exactly."""
 
     def __init__(self, root, split="train", *, train=None, annotations=None, num_frames=8,
-                 stride=32, img_size=224, clips=10, crops=3, short_side=(224, 330), report=True):
+                 stride=32, img_size=224, clips=10, crops=3, short_side=(224, 330), report=True,
+                 sampling="dense"):
         sizes = dict(num_frames=num_frames, stride=stride, img_size=img_size, clips=clips,
                      crops=crops)
         for name, value in sizes.items():
@@ -85,6 +89,7 @@ class KineticsDataset(Dataset):
         layout = (folder_layout(self.root, split) if annotations is None
                   else listed_layout(self.root, split, os.fspath(annotations)))
         self.videos, self.labels, self.classes = layout
+        self.sampling, self.flipped_label = sampling, flip_partners(self.classes)
         if not self.videos:
             raise ValueError(f"{os.path.join(self.root, split)}: no videos found "
                              f"({', '.join(VIDEO_EXTENSIONS)})")
@@ -125,19 +130,27 @@ class KineticsDataset(Dataset):
     def try_load(self, i, rng):
         """(clip, label), or None for a broken video, which is then marked and reported."""
         try:
+            label = self.labels[i]
             if self.train:
-                frames = read_clip(self.videos[i], lambda n: train_clip_indices(
-                    n, self.num_frames, self.stride, rng))
-                video = train_transform(frames, self.img_size, self.short_side, rng)
+                if self.sampling == "uniform":
+                    frames = read_clip(self.videos[i], lambda n: uniform_train_indices(
+                        n, self.num_frames, rng))
+                else:
+                    frames = read_clip(self.videos[i], lambda n: train_clip_indices(
+                        n, self.num_frames, self.stride, rng))
+                partner = self.flipped_label[label]
+                video, flipped = train_transform(frames, self.img_size, self.short_side, rng,
+                                                 partner is not None)
+                label = partner if flipped else label
             else:
                 video = test_views(self.videos[i], self.num_frames, self.stride, self.img_size,
-                                   self.clips, self.crops)
+                                   self.clips, self.crops, self.sampling)
         except VideoError as error:
             if not self.broken[i] and self.report:
                 print(f"data: skipping broken video: {error}", file=sys.stderr, flush=True)
             self.broken[i] = 1
             return None
-        return video, self.labels[i]
+        return video, label
 
     def sync_broken(self, device):
         """How many broken videos are known, each counted once. With torch.distributed, every rank
@@ -155,9 +168,12 @@ class KineticsDataset(Dataset):
         return int(flags.sum())
 
 
-def test_views(path, num_frames, stride, img_size, clips=10, crops=3):
+def test_views(path, num_frames, stride, img_size, clips=10, crops=3, sampling="dense"):
     """The multi-view test input of one video: (clips * crops, 3, T, img_size, img_size)."""
-    frames = read_clip(path, lambda n: multiview_clip_indices(n, num_frames, stride, clips))
+    if sampling == "uniform":
+        frames = read_clip(path, lambda n: uniform_clip_indices(n, num_frames, clips))
+    else:
+        frames = read_clip(path, lambda n: multiview_clip_indices(n, num_frames, stride, clips))
     return multiview_transform(frames, img_size, crops)
 
 
@@ -273,7 +289,32 @@ def list_rows(lines, annotations):
                          f"got {rows[bad - 1]}")
     rows = [(os.path.normpath(os.path.splitext(path)[0]), int(label)) for path, label in rows]
     classes = [str(i) for i in range(max((label for _, label in rows), default=-1) + 1)]
+    names = os.path.join(os.path.dirname(annotations), "classes.txt")  # data.py --lists writes it
+    if os.path.isfile(names):
+        named = parse_lines(names, str)
+        if len(named) < len(classes):
+            raise ValueError(f"{names}: {len(named)} class names, but {annotations} has label "
+                             f"{len(classes) - 1}")
+        classes = named
     return rows, classes
+
+
+def flip_partners(classes):
+    """Label -> the label of its clips flipped horizontally: the class whose name is its own with
+    left and right swapped (itself without either word), None (never flipped) when there is none."""
+    index = {name.lower(): label for label, name in enumerate(classes)}
+    return [index.get(SIDES.sub(lambda side: SWAPPED[side[0]], name.lower())) for name in classes]
+
+
+def describe_flips(classes):
+    """The start line on flips, "" when no class names a side (Kinetics)."""
+    partners = flip_partners(classes)
+    pairs = [f"'{classes[a]}' <-> '{classes[b]}'" for a, b in enumerate(partners) if (b or 0) > a]
+    never = [f"'{name}'" for name, partner in zip(classes, partners) if partner is None]
+    if not pairs and not never:
+        return ""
+    return (f"flips swap the labels of {', '.join(pairs) or 'no pair'}; never flipped (no "
+            f"partner): {', '.join(never) or 'none'}")
 
 
 # sampling: every random number from the generator passed in (KineticsDataset.__getitem__)
@@ -304,6 +345,19 @@ def multiview_clip_indices(video_frames, num_frames, stride, clips):
     segment = (video_frames - step * (num_frames - 1)) / clips
     starts = (np.arange(clips) * segment + segment / 2).astype(np.int64)  # as mmaction2 rounds
     return starts[:, None] + step * np.arange(num_frames)
+
+
+def uniform_train_indices(video_frames, num_frames, rng):
+    """TSN's segments: the video cut into `num_frames` equal segments, a random frame of each."""
+    position = (np.arange(num_frames) + rng.random(num_frames)) * video_frames / num_frames
+    return np.minimum(position.astype(np.int64), video_frames - 1)  # rounding may reach the end
+
+
+def uniform_clip_indices(video_frames, num_frames, clips):
+    """(clips, num_frames): test clip c takes frame floor(F / T * (j + (c + 0.5) / C)) of segment
+    j (one clip: the segments' centre frames)."""
+    j, c = np.arange(num_frames), np.arange(clips)[:, None]
+    return np.floor(video_frames / num_frames * (j + (c + 0.5) / clips)).astype(np.int64)
 
 
 # frame reading
@@ -474,12 +528,15 @@ def to_tensor(clip):
     return torch.from_numpy(channels_first) * 2 - 1
 
 
-def train_transform(frames, img_size, short_side, rng):
+def train_transform(frames, img_size, short_side, rng, flippable=True):
+    """(clip tensor, whether it was flipped); the flip is drawn even when not `flippable`, so that
+    the draws after it stay those of every other video."""
     box = random_train_box(*frames.shape[1:3], img_size, short_side, rng)
     clip = crop_resize(frames, box, img_size)
-    if rng.random() < FLIP_PROB:
+    flipped = rng.random() < FLIP_PROB and flippable
+    if flipped:
         clip = clip[:, :, ::-1]
-    return to_tensor(colour_jitter(clip.astype(np.float32) / 255, rng))
+    return to_tensor(colour_jitter(clip.astype(np.float32) / 255, rng)), flipped
 
 
 def multiview_transform(clips, img_size, crops):
@@ -786,6 +843,110 @@ def benchmark(roots, *, annotations=None, split="train", workers=0, clips=100, i
               f"{gpu_clips:g} clips/s: {gpu_clips / one_core:.1f} cores")
 
 
+# --lists: list files from the official annotations of UCF101, HMDB51, Something-Something-v2
+def parse_lines(path, parse):
+    """[parse(line)] of the lines of `path` that are not blank, stripped (CRLF, trailing spaces)."""
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f.read().splitlines()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows += [parse(line)] if line else []
+        except (ValueError, KeyError, IndexError) as error:
+            problem = f"{type(error).__name__} {error}"
+            raise ValueError(f"{path}: line {number} {line!r} does not parse ({problem})") from None
+    return rows
+
+
+def numbered_names(pairs, path, first):
+    """The names of (number, name) pairs in the order of their numbers first, first + 1, ..."""
+    pairs = sorted((int(number), name) for number, name in pairs)
+    if [number for number, _ in pairs] != list(range(first, first + len(pairs))):
+        raise ValueError(f"{path}: the class numbers are not {first}..{first + len(pairs) - 1}")
+    return [name for _, name in pairs]
+
+
+def ucf101_lists(src, split):
+    """(train, val, classes) of classInd.txt ("1 ApplyEyeMakeup"), trainlist0N.txt ("Class/v_Class_
+    g08_c01.avi 1", 1-based) and testlist0N.txt (paths only, labelled by their folder: the file
+    names of HandstandPushups/ spell HandStandPushups). Paths as listed, which is as on disk."""
+    index_file = os.path.join(src, "classInd.txt")
+    classes = numbered_names(parse_lines(index_file, str.split), index_file, 1)
+    index = {name: label for label, name in enumerate(classes)}
+    by_number = {str(label + 1): label for label in range(len(classes))}
+    train = parse_lines(os.path.join(src, f"trainlist0{split}.txt"), lambda line: (
+        line.rsplit(maxsplit=1)[0], by_number[line.rsplit(maxsplit=1)[1]]))
+    val = parse_lines(os.path.join(src, f"testlist0{split}.txt"),
+                      lambda line: (line, index[line.split("/")[0]]))
+    return train, val, classes
+
+
+def hmdb51_lists(src, split):
+    """(train, val, classes) of <class>_test_split<N>.txt, lines "video.avi 1 ": 1 train, 2 test,
+    0 unused; classes in name order."""
+    suffix = f"_test_split{split}.txt"
+    files = sorted(glob.glob(os.path.join(glob.escape(src), "*" + suffix)))
+    if not files:
+        raise ValueError(f"{src}: no HMDB51 split files *{suffix}")
+    classes, train, val = [os.path.basename(path)[:-len(suffix)] for path in files], [], []
+
+    def parse(line):
+        video, code = line.rsplit(maxsplit=1)
+        return video, {"0": [], "1": train, "2": val}[code]
+    for label, (name, path) in enumerate(zip(classes, files)):
+        for video, rows in parse_lines(path, parse):
+            rows.append((f"{name}/{video}", label))
+    return train, val, classes
+
+
+def ssv2_lists(src, split):
+    """(train, val, classes) of something-something-v2-labels.json ({"class name": "index"}),
+    -train.json and -validation.json (lists of {"id", "label", "template", "placeholders"}): the
+    class is the template without its brackets; the videos are <id>.webm."""
+    if split != "1":
+        raise ValueError(f"--split {split}: Something-Something-v2 has one split")
+    paths = [os.path.join(src, f"something-something-v2-{part}.json")
+             for part in ("labels", "train", "validation")]
+    loaded = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            try:
+                loaded[path] = json.load(f)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}: not JSON ({error})") from None
+    numbered = ((n, name) for name, n in loaded[paths[0]].items())
+    classes = numbered_names(numbered, paths[0], 0)
+    index = {name: label for label, name in enumerate(classes)}
+    try:
+        lists = [[(f"{video['id']}.webm", index[re.sub(r"[][]", "", video["template"])])
+                  for video in loaded[path]] for path in paths[1:]]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{src}: a video without an id, or of a template not in "
+                         f"{paths[0]} ({error})") from None
+    return *lists, classes
+
+
+LIST_READERS = {"ucf101": ucf101_lists, "hmdb51": hmdb51_lists, "ssv2": ssv2_lists}
+
+
+def write_lists(dataset, src, out, split="1"):
+    """OUT/train.txt and OUT/val.txt ("relative/path label", relative to the video folder) and
+    OUT/classes.txt (line i: the name of label i), each written whole; all read first."""
+    if split not in ("1", "2", "3"):
+        raise ValueError(f"--split {split}: UCF101 and HMDB51 have splits 1, 2 and 3")
+    train, val, classes = LIST_READERS[dataset](src, split)
+    texts = {"classes.txt": "".join(f"{name}\n" for name in classes)}
+    for name, rows in (("train", train), ("val", val)):
+        if not rows:
+            raise ValueError(f"{src}: no {name} videos in split {split}")
+        texts[f"{name}.txt"] = "".join(f"{path} {label}\n" for path, label in rows)
+    for name, text in texts.items():
+        with atomic_path(os.path.join(out, name)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    print(f"{dataset} split {split}: {len(classes)} classes, {len(train)} train / {len(val)} val "
+          f"videos; {out}/train.txt, val.txt, classes.txt")
+
+
 # command line
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
@@ -798,6 +959,8 @@ def main(argv=None):
                       help="write the prepared copy of SRC to DST")
     mode.add_argument("--benchmark", nargs="+", metavar="ROOT",
                       help="training clips/s of each dataset")
+    mode.add_argument("--lists", nargs=3, metavar=("DATASET", "SRC", "OUT"),
+                      help="list files of ucf101, hmdb51 or ssv2 from its annotations in SRC")
     parser.add_argument("--seed", type=int, default=0, help="--make-synthetic: random seed")
     parser.add_argument("--short-side", type=int, default=320,
                         help="--resize: short side in pixels (default 320)")
@@ -805,8 +968,9 @@ def main(argv=None):
                         "--benchmark: DataLoader workers (default 0: one core only)")
     parser.add_argument("--annotations",
                         help="--benchmark: the videos' list (Kinetics CSV or list file)")
-    for flag, default in (("split", "train"), ("clips", 100), ("size", 224), ("frames", 8),
-                          ("stride", 32)):
+    parser.add_argument("--split", help="--benchmark: the split (default train); --lists: 1, 2 or "
+                        "3 (default 1)")
+    for flag, default in (("clips", 100), ("size", 224), ("frames", 8), ("stride", 32)):
         parser.add_argument(f"--{flag}", type=type(default), default=default,
                             help=f"--benchmark (default {default})")
     parser.add_argument("--gpu-clips", type=float, default=450,
@@ -818,8 +982,12 @@ def main(argv=None):
             print(f"synthetic classes {classes} in {args.make_synthetic}")
         elif args.resize:
             resize_dataset(*args.resize, args.short_side, args.workers or os.cpu_count() or 1)
+        elif args.lists:
+            if args.lists[0] not in LIST_READERS:
+                refuse(f"--lists {args.lists[0]}: choose from {', '.join(LIST_READERS)}")
+            write_lists(*args.lists, split=args.split or "1")
         else:
-            benchmark(args.benchmark, annotations=args.annotations, split=args.split,
+            benchmark(args.benchmark, annotations=args.annotations, split=args.split or "train",
                       workers=args.workers or 0, clips=args.clips, img_size=args.size,
                       num_frames=args.frames, stride=args.stride, gpu_clips=args.gpu_clips)
     except (VideoError, ValueError, OSError) as error:

@@ -165,7 +165,8 @@ def run_test(args, device):
     model_args, classes, stride = ckpt["model_args"], ckpt["classes"], ckpt["args"]["stride"]
     amp_dtype = vit.amp_dtype(args.amp, device)
     view_args = dict(num_frames=model_args["num_frames"], stride=stride,
-                     img_size=model_args["img_size"], clips=args.clips, crops=args.crops)
+                     img_size=model_args["img_size"], clips=args.clips, crops=args.crops,
+                     sampling=ckpt["args"].get("sampling", "dense"))  # dense: before --sampling
     if args.video:
         return classify_video(model, args.video, classes, view_args, device, amp_dtype,
                               args.average)
@@ -188,6 +189,7 @@ def run_test(args, device):
         top5 = 100.0 * vit.topk_hits(scores, labels, 5).float().mean().item()
     report = {"top1": top1, "top5": top5, "views": args.clips * args.crops,
               "clips": args.clips, "crops": args.crops, "average": args.average,
+              "sampling": view_args["sampling"],
               "videos": len(labels), "skipped": skipped, "variant": model_args["variant"],
               "checkpoint": args.checkpoint, "epoch": ckpt.get("epoch"), "data": root,
               "split": args.split, "model_args": model_args,

@@ -52,7 +52,7 @@ COMMON = dict(variant="KV", heads=2, patches=16, msca_blocks=None, shift_div=4, 
               # the text gives no value; the released code builds LabelSmoothingCrossEntropy()
               # (smoothing 0.1) and reads its config's LABEL_SMOOTH: 0.01 only as an on/off switch
               label_smoothing=0.1, clip_grad=1.0, amp="auto", seed=0, pretrained=None,
-              annotations=None, val_annotations=None, compile=False, resume=False)
+              annotations=None, val_annotations=None, compile=False, resume=False, sampling="dense")
 SYNTHETIC_VIDEOS = dict(train_per_class=1000, val_per_class=50, num_frames=32, size=96)
 SYNTHETIC_DIR = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), ".cache",
@@ -93,9 +93,12 @@ def parse_flags(argv):
     add("--img-size", "frame size in pixels", type=int)
     add("--frames", "frames per clip T", type=int)
     add("--stride", "frames between sampled frames", type=int)
+    add("--sampling", "dense: --stride apart; uniform: a frame of each of T equal segments (TSN)",
+        choices=("dense", "uniform"))
     add("--short-side", "random short side for 224 px crops, scaled for others", type=int,
         nargs=2, metavar=("LOW", "HIGH"))
-    add("--pretrained", "ViT weights: Google .npz (e.g. ViT-B_16.npz) or a timm state dict")
+    add("--pretrained", "ViT weights: Google .npz (e.g. ViT-B_16.npz), a timm state dict or a "
+        "train.py checkpoint (its head replaced on other classes)")
     add("--data", "dataset root (default: the synthetic task)")
     add("--annotations", "training list: Kinetics CSV or list file (see data.py)")
     add("--val-annotations", "validation list (default: --annotations, its split column)")
@@ -137,7 +140,7 @@ def configure(given):
         if changed:
             raise ValueError(f"--resume: the model and optimizer of {out} cannot change: "
                              + ", ".join(changed))
-        args = {**run, **given}
+        args = {**COMMON, **run, **given}  # COMMON: settings added since the run began
     elif os.path.exists(last):
         raise ValueError(f"{last} already exists: pass --resume to continue that run, or another "
                          "--out")
@@ -179,7 +182,7 @@ def open_datasets(args, rank, world, ckpt):
         dist.barrier()
     # other ranks' broken videos are reported by rank 0 (KineticsDataset.sync_broken)
     common = dict(num_frames=args.frames, stride=args.stride, img_size=args.img_size,
-                  report=rank == 0)
+                  report=rank == 0, sampling=args.sampling)
     train_set = data.KineticsDataset(args.data, "train", annotations=args.annotations,
                                      short_side=args.short_side, **common)
     classes = train_set.classes
@@ -210,9 +213,9 @@ def open_datasets(args, rank, world, ckpt):
     return train_set, val_set
 
 
-def make_model(args, num_classes, ckpt, log):
+def make_model(args, classes, ckpt, log):
     """(model, model_args): `vit.build_model(**model_args)` rebuilds it from a checkpoint."""
-    model_args = dict(num_classes=num_classes, num_frames=args.frames,
+    model_args = dict(num_classes=len(classes), num_frames=args.frames,
                       **{key: getattr(args, key) for key in MODEL_FLAGS if key != "frames"})
     torch.manual_seed(args.seed)
     model = vit.build_model(**model_args)
@@ -221,7 +224,7 @@ def make_model(args, num_classes, ckpt, log):
                                      model.pos_embed.shape[1], args.heads, args.patches,
                                      args.shift_layout))
     if args.pretrained and ckpt is None:
-        vit.load_pretrained(model, args.pretrained, log=log)
+        vit.load_pretrained(model, args.pretrained, log=log, classes=classes)
     return model, model_args
 
 
@@ -274,7 +277,9 @@ def build_run(args, ckpt, rank, world, device):
     run.train_set, run.val_set = open_datasets(args, rank, world, ckpt)
     run.classes = run.train_set.classes
     run.datasets = [d for d in (run.train_set, run.val_set) if d is not None]
-    run.model, run.model_args = make_model(args, len(run.classes), ckpt, run.log)
+    if data.describe_flips(run.classes):
+        run.log(data.describe_flips(run.classes))
+    run.model, run.model_args = make_model(args, run.classes, ckpt, run.log)
     run.model.to(device)
     run.optimizer = make_optimizer(run.model, args)
     run.amp_dtype = vit.amp_dtype(args.amp, device)

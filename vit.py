@@ -185,26 +185,29 @@ class CheckpointError(ValueError):
     """A file that is not a ViT checkpoint, or one that does not fit the model."""
 
 
-def load_pretrained(model: VideoViT, path, log: Callable[[str], None] = print) -> VideoViT:
-    """Load ViT weights into `model`: Google's `.npz` (e.g. ImageNet-21k `ViT-B_16.npz`) or a
-    timm/PyTorch state dict (`.pth`, `.pt`, `.bin`, `.safetensors`). A head of another shape
-    is set to zeros, as the authors do for fine-tuning. `pos_embed` of another image size is
-    resized (bicubic on the patch grid, CLS kept)."""
+def load_pretrained(model: VideoViT, path, log: Callable[[str], None] = print,
+                    classes=None) -> VideoViT:
+    """Load ViT weights into `model`: Google's `.npz` (e.g. ImageNet-21k `ViT-B_16.npz`), a timm
+    state dict (`.pth`, `.pt`, `.bin`, `.safetensors`) or a train.py checkpoint. A head of another
+    shape or other `classes` is set to zeros, as the authors do for fine-tuning. `pos_embed` of
+    another image size is resized (bicubic on the patch grid, CLS kept)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     expected = model.state_dict()
-    state = {k: v for k, v in read_checkpoint(path).items() if k in expected}
+    state, trained_on = read_checkpoint(path)
+    state = {k: v for k, v in state.items() if k in expected}
     pos, want = state.get("pos_embed"), expected["pos_embed"]
     # another width is no image size: load_state names it as a shape error
     if pos is not None and pos.shape != want.shape and pos.shape[-1] == want.shape[-1]:
         state["pos_embed"] = resize_pos_embed(pos, want.shape, path)
     head = ("head.weight", "head.bias")
-    if not all(k in state and state[k].shape == expected[k].shape for k in head):
+    same_classes = None in (classes, trained_on) or list(classes) == list(trained_on)
+    if not (same_classes and all(k in state and state[k].shape == expected[k].shape for k in head)):
         found = state["head.weight"].shape[0] if "head.weight" in state else "no"
         wanted = expected["head.weight"].shape[0]
-        log(f"{path.name}: checkpoint head has {found} classes, model has {wanted}: "
-            "head initialised to zeros")
+        log(f"{path.name}: checkpoint head has {found} classes, model has {wanted} "
+            f"(same names: {same_classes}): head initialised to zeros")
         state.update({k: torch.zeros_like(expected[k]) for k in head})
     return load_state(model, state, path)
 
@@ -237,25 +240,28 @@ def load_state(model: nn.Module, state: dict, path) -> nn.Module:
     return model
 
 
-def read_checkpoint(path: Path) -> dict:
-    """The checkpoint as a state dict with timm's names and layouts."""
+def read_checkpoint(path: Path) -> tuple:
+    """The checkpoint as a state dict with timm's names and layouts, and the classes a train.py
+    checkpoint names (else None)."""
     if path.suffix == ".npz":
-        return npz_to_state_dict(path)
+        return npz_to_state_dict(path), None
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file  # optional dependency
         except ImportError:
             raise CheckpointError(f"{path}: reading .safetensors needs "
                                   "`pip install safetensors`") from None
-        return load_file(str(path))
+        return load_file(str(path)), None
     state = load_torch_file(path)
+    names = state.get("classes") if isinstance(state, dict) else None
     for wrapper in ("model", "state_dict", "module"):  # training checkpoints nest the weights
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors")
     # prefixes from DistributedDataParallel and torch.compile
-    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v
+            for k, v in state.items()}, names
 
 
 def npz_to_state_dict(path: Path) -> dict:
