@@ -117,7 +117,7 @@ def class_token_attention(model: VideoViT, video: torch.Tensor, block: int):
         z = earlier(z)
     chosen = model.blocks[block]
     weights = chosen.attn.class_token_attention(chosen.norm1(chosen.token_shift(z)))
-    frame = torch.arange(1, z.size(1) + 1).view(1, -1, 1, 1, 1, 1)
+    frame = torch.arange(1, z.size(1) + 1).view(1, -1, 1, 1, 1, 1)  # from 1: a zero reads -1
     numbers = frame.expand(1, z.size(1), 3, weights.size(2), z.size(2), 1)
     shifted = temporal_shift(numbers, chosen.attn.from_previous, chosen.attn.from_next)
     return weights, shifted[0, :, 1, ..., 0] - 1
