@@ -91,7 +91,7 @@ class Attention(nn.Module):
         back, fwd = shifted_slots(shift, num_heads)
         self.from_previous, self.from_next = slots(back), slots(fwd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def shifted_qkv(self, x: torch.Tensor) -> torch.Tensor:
         # eq. 12 and 15: Q^(t), K^(t), V^(t) of every frame t, in h heads of D/h channels
         qkv = rearrange(self.qkv(x), "b t n (three h d) -> b t three h n d",
                         three=3, h=self.num_heads)
@@ -100,7 +100,10 @@ class Attention(nn.Module):
         # the unshifted projection alive beside it for backward, saving more than MSA does.
         # Shifting only the moved heads in place is slower: many small strided copies.
         qkv = temporal_shift(qkv, self.from_previous, self.from_next)
-        q, k, v = rearrange(qkv, "b t three h n d -> three (b t) h n d")
+        return rearrange(qkv, "b t three h n d -> three (b t) h n d")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.shifted_qkv(x)
         # eq. 13-14: head_i^(t) = softmax(Q_i K_i^T / sqrt(D/h)) V_i, SDPA's default scale.
         # Eq. 14 writes sqrt(D), but ViT's weights were trained with sqrt(D/h) per head:
         # sqrt(D) would sharpen their attention by sqrt(h).
@@ -108,6 +111,12 @@ class Attention(nn.Module):
         # eq. 16: stack the heads, then the output projection of ViT's MSA
         heads = rearrange(heads, "(b t) h n d -> b t n (h d)", b=x.size(0))
         return self.proj(heads)
+
+    def class_token_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, h, N+1): softmax weights of each frame's class-token query over its keys."""
+        q, k, _ = self.shifted_qkv(x)
+        logits = q[:, :, :1] @ k.transpose(-1, -2) / q.size(-1) ** 0.5  # SDPA's scale
+        return logits.softmax(-1)[:, :, 0].unflatten(0, (x.size(0), -1))
 
     def extra_repr(self) -> str:
         s = self.shift

@@ -9,6 +9,8 @@ video's views are averaged, and top-1 / top-5 accuracy is taken over the videos 
     python evaluate.py --checkpoint runs/KV/best.pt --video clip.mp4  # its top-5 classes
     python evaluate.py --speed  # step time, memory and FLOP utilisation of all 16 variants
     python evaluate.py --table runs/*/eval.json  # a Markdown table of --json reports
+    python evaluate.py --checkpoint runs/KV/best.pt --video clip.mp4 --attention kv.png  # + kv.npz
+    python evaluate.py --plot runs/a/log.csv runs/b/log.csv --png curves.png
 """
 import argparse
 import csv
@@ -19,12 +21,14 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import data
+import pictures
 import vit
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, matched against the GPU's
@@ -42,6 +46,11 @@ def parse_args(argv):
     mode.add_argument("--speed", action="store_true", help="benchmark the cost of every variant")
     mode.add_argument("--table", nargs="+", metavar="JSON",
                       help="print a Markdown table of --json reports")
+    mode.add_argument("--plot", nargs="+", metavar="CSV", help="draw these train.py log.csv files")
+    p.add_argument("--png", help="with --plot: the picture to write")
+    p.add_argument("--attention", metavar="OUT.png", help="with --video: draw the class-token "
+                   "attention of the centre view; its numbers go to OUT.npz")
+    p.add_argument("--block", type=int, help="with --attention: this block (default the last)")
     p.add_argument("--video", help="with --checkpoint: print the top-5 classes of this one video")
     p.add_argument("--data", help="dataset root (default: the one the checkpoint was trained on)")
     p.add_argument("--split", default="val", help="split folder under --data (default: val)")
@@ -66,7 +75,11 @@ def parse_args(argv):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} {value}: must be a positive integer")
-    for path in (args.json, args.per_class):  # fail before the test, not after it
+    for flag, needs in (("plot", "png"), ("png", "plot"), ("attention", "video")):
+        if getattr(args, flag) and not getattr(args, needs):
+            p.error(f"--{flag} needs --{needs}")
+    args.npz = args.attention and os.path.splitext(args.attention)[0] + ".npz"
+    for path in (args.json, args.per_class, args.png, args.attention, args.npz):  # before the test
         if path:
             data.check_writable(path)
     return args
@@ -90,8 +103,8 @@ def add_speed_args(p):
     p.add_argument("--compile", action="store_true", help="speed: time torch.compile'd models")
 
 
-def write_text(path, text):
-    with data.atomic_path(path) as tmp, open(tmp, "w") as f:
+def write_text(path, text):  # or bytes
+    with data.atomic_path(path) as tmp, open(tmp, "wb" if isinstance(text, bytes) else "w") as f:
         f.write(text)
 
 
@@ -160,6 +173,45 @@ def classify_video(model, path, classes, view_args, device, amp_dtype, average):
     return {"video": path, "top5": top5}
 
 
+def draw_attention(model, args, view_args, variant, device):
+    """--attention: one block's class-token attention on the centre view (1 clip, 1 crop)."""
+    block = len(model.blocks) - 1 if args.block is None else args.block
+    if not 0 <= block < len(model.blocks):
+        raise ValueError(f"--block {block}: the model has blocks 0..{len(model.blocks) - 1}")
+    view = data.test_views(args.video, **{**view_args, "clips": 1, "crops": 1})[0]
+    frames = ((view.permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+    video = data.to_tensor(frames / 255.0)[None]  # the same view, rebuilt from the saved frames
+    weights, key_frame = vit.class_token_attention(model, video.to(device), block)
+    weights, key_frame = weights[0].float().cpu().numpy(), key_frame.numpy()
+    with data.atomic_path(args.npz) as tmp:
+        np.savez(tmp, frames=frames, attention=weights, key_frame=key_frame)
+    title = f"{os.path.basename(args.video)}: {variant}, class-token attention of block {block}"
+    write_text(args.attention, pictures.attention_picture(frames, weights, key_frame, title))
+    print(f"wrote {args.attention} and {args.npz}")
+
+
+def read_curves(path):
+    """{column: [(epoch, value)]} of a train.py log.csv, rows without the value left out."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return {c: [(int(r["epoch"]), float(r[c])) for r in rows if r[c]] for c in pictures.CURVES}
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        problem = f"not a readable train.py log.csv ({type(error).__name__})"
+        raise ValueError(f"--plot {path}: {problem}") from None
+
+
+def plot_runs(paths, png):
+    """--plot: train loss, train and val top-1 per epoch of every log.csv, a colour per run."""
+    if len(paths) > len(pictures.COLOURS):
+        raise ValueError(f"--plot: at most {len(pictures.COLOURS)} runs, one colour each")
+    runs = [read_curves(path) for path in paths]
+    if not any(curve for curves in runs for curve in curves.values()):
+        raise ValueError(f"--plot {paths[0]}: no epochs to draw")
+    write_text(png, pictures.curves_picture(runs, paths))
+    print(f"wrote {png}")
+
+
 def run_test(args, device):
     model, ckpt = load_model(args.checkpoint, device)
     model_args, classes, stride = ckpt["model_args"], ckpt["classes"], ckpt["args"]["stride"]
@@ -167,6 +219,8 @@ def run_test(args, device):
     view_args = dict(num_frames=model_args["num_frames"], stride=stride,
                      img_size=model_args["img_size"], clips=args.clips, crops=args.crops,
                      sampling=ckpt["args"].get("sampling", "dense"))  # dense: before --sampling
+    if args.attention:
+        return draw_attention(model, args, view_args, model_args["variant"], device)
     if args.video:
         return classify_video(model, args.video, classes, view_args, device, amp_dtype,
                               args.average)
@@ -387,6 +441,8 @@ def main(argv=None):
         if args.table:
             print(results_table(args.table))
             return None
+        if args.plot:
+            return plot_runs(args.plot, args.png)
         try:
             device = torch.device(args.device)
             torch.empty(0, device=device)

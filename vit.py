@@ -22,7 +22,7 @@ from einops.layers.torch import Rearrange
 from torch import nn
 
 from attention import MSCA_VARIANTS, NO_SHIFT, Attention, CrossAttentionShift
-from shift import LAYOUTS, TokenShift
+from shift import LAYOUTS, TokenShift, temporal_shift
 
 PATCH_SIZE = 16
 SIZES = {  # name: (embedding dim D, heads h, blocks)
@@ -86,8 +86,8 @@ class VideoViT(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """video: (B, 3, T, H, W) in [-1, 1] -> logits (B, num_classes)."""
+    def embed(self, video: torch.Tensor) -> torch.Tensor:
+        """video: (B, 3, T, H, W) in [-1, 1] -> the tokens z_0 (B, T, N+1, D) of eq. 1."""
         size = self.img_size
         if video.dim() != 5 or video.size(1) != 3 or video.shape[-2:] != (size, size):
             raise ValueError(f"expected a video (B, 3, T, {size}, {size}), "
@@ -96,11 +96,31 @@ class VideoViT(nn.Module):
         patches = self.patch_embed(frames)
         cls = self.cls_token.expand(patches.size(0), -1, -1)
         z = torch.cat([cls, patches], dim=1) + self.pos_embed  # eq. 1
-        z = rearrange(z, "(b t) n d -> b t n d", b=video.size(0))
+        return rearrange(z, "(b t) n d -> b t n d", b=video.size(0))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """video: (B, 3, T, H, W) in [-1, 1] -> logits (B, num_classes)."""
+        z = self.embed(video)
         for block in self.blocks:
             z = block(z)
         frame_logits = self.head(self.norm(z)[:, :, 0])  # each frame's class token: (B, T, C)
         return frame_logits.mean(dim=1)  # temporal averaging
+
+
+@torch.no_grad()
+def class_token_attention(model: VideoViT, video: torch.Tensor, block: int):
+    """Block `block`'s class-token attention as its forward computes it: the softmax weights of
+    each frame's CLS query over the N+1 keys (B, T, h, N+1), and the frame each key comes from
+    (T, h, N+1): the block's shift applied to frame numbers, -1 for the zeros beyond the ends."""
+    z = model.embed(video)
+    for earlier in model.blocks[:block]:
+        z = earlier(z)
+    chosen = model.blocks[block]
+    weights = chosen.attn.class_token_attention(chosen.norm1(chosen.token_shift(z)))
+    frame = torch.arange(1, z.size(1) + 1).view(1, -1, 1, 1, 1, 1)  # from 1: a zero reads -1
+    numbers = frame.expand(1, z.size(1), 3, weights.size(2), z.size(2), 1)
+    shifted = temporal_shift(numbers, chosen.attn.from_previous, chosen.attn.from_next)
+    return weights, shifted[0, :, 1, ..., 0] - 1
 
 
 def build_model(variant: str, num_classes: int, num_frames: int = 8, *, size: str = "B/16",

@@ -112,6 +112,14 @@ def video_model(state, video, num_heads, blocks, patch=16):
     `shifted`, `axis`, `n_back`, `n_fwd`, `layout` (MSCA) and/or `token_shift` (channels each way) and
     `layout`."""
     s = {k: v.double() for k, v in state.items()}
+    z = encode(state, video, num_heads, blocks, patch)
+    cls = layer_norm(z[:, :, 0], s["norm.weight"], s["norm.bias"])
+    return (cls @ s["head.weight"].T + s["head.bias"]).mean(dim=1)
+
+
+def encode(state, video, num_heads, blocks, patch=16):
+    """The tokens z (B, T, N+1, D) after eq. 1 and the given blocks (as in video_model), float64."""
+    s = {k: v.double() for k, v in state.items()}
     batch, _, frames, _, _ = video.shape
     images = video.double().permute(0, 2, 1, 3, 4).reshape(batch * frames, *video.shape[1:2], *video.shape[3:])
     dim = s["cls_token"].shape[-1]
@@ -131,8 +139,7 @@ def video_model(state, video, num_heads, blocks, patch=16):
         hidden = gelu(layer_norm(z, s[p + "norm2.weight"], s[p + "norm2.bias"]) @ s[p + "mlp.fc1.weight"].T
                       + s[p + "mlp.fc1.bias"])
         z = z + hidden @ s[p + "mlp.fc2.weight"].T + s[p + "mlp.fc2.bias"]  # eq. 3 / 7 / 11
-    cls = layer_norm(z[:, :, 0], s["norm.weight"], s["norm.bias"])
-    return (cls @ s["head.weight"].T + s["head.bias"]).mean(dim=1)
+    return z
 
 
 def google_vit_frames(arrays: dict, images: np.ndarray, patch=16) -> np.ndarray:
