@@ -337,14 +337,17 @@ def train_clip_indices(video_frames, num_frames, stride, rng):
 
 
 def multiview_clip_indices(video_frames, num_frames, stride, clips):
-    """(clips, num_frames) indices as mmaction2's SampleFrames(test_mode=True): the possible starts
-    cut into `clips` equal segments, a clip starting at the middle of each (one: the centre)."""
-    step = fitting_stride(video_frames, num_frames, stride)
-    if step == 0:
-        return np.tile(stretched_clip(video_frames, num_frames), (clips, 1))
-    segment = (video_frames - step * (num_frames - 1)) / clips
-    starts = (np.arange(clips) * segment + segment / 2).astype(np.int64)  # as mmaction2 rounds
-    return starts[:, None] + step * np.arange(num_frames)
+    """(clips, num_frames) indices as today's mmaction2 SampleFrames(test_mode=True) places them
+    (mmaction/datasets/transforms/loading.py, _get_test_clips): a clip spans (T - 1) * stride + 1
+    frames; offsets round(k * max_offset / (clips - 1)) for max_offset = max(F - span, 0), first
+    and last included as in PySlowFast (one clip: max_offset // 2); indices past a short video
+    loop (mod F, out_of_bound_opt="loop"). mmaction2 0.x put clips at the middles of equal
+    segments, with a span of T * stride; the authors' code placed them its own way."""
+    max_offset = max(video_frames - ((num_frames - 1) * stride + 1), 0)
+    offsets = np.array([max_offset // 2])
+    if clips > 1:  # np.round as mmaction2: half to even
+        offsets = np.round(np.arange(clips) * max_offset / (clips - 1)).astype(np.int64)
+    return (offsets[:, None] + stride * np.arange(num_frames)) % video_frames
 
 
 def uniform_train_indices(video_frames, num_frames, rng):

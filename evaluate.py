@@ -7,6 +7,8 @@ video's views are averaged, and top-1 / top-5 accuracy is taken over the videos 
     python evaluate.py --checkpoint runs/synthetic-KV/best.pt --json runs/synthetic-KV/eval.json
     python evaluate.py --checkpoint runs/KV/best.pt --data k400 --annotations validate.csv
     python evaluate.py --checkpoint runs/KV/best.pt --video clip.mp4  # its top-5 classes
+    python evaluate.py --checkpoint tokshift_k400.pth.tar --variant tokenshift \
+        --shift-layout released --data k400-320 --annotations k400-320/validate.csv
     python evaluate.py --speed  # step time, memory and FLOP utilisation of all 16 variants
     python evaluate.py --table runs/*/eval.json  # a Markdown table of --json reports
     python evaluate.py --checkpoint runs/KV/best.pt --video clip.mp4 --attention kv.png  # + kv.npz
@@ -35,6 +37,10 @@ import vit
 # name; the first match wins, so the more specific names come first.
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
                     ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0)]
+# A checkpoint without model_args (the authors' releases) holds the paper's model (Sec. 4.1) unless
+# the flags say otherwise; the variant defaults to the one that adds nothing to the ViT.
+PAPER_MODEL = dict(variant="vit", shift_layout="paper", size="B/16", img_size=224, frames=8,
+                   stride=32, heads=2, patches=16, shift_div=4)
 
 
 def parse_args(argv):
@@ -42,7 +48,8 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.error = data.refuse
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--checkpoint", help="train.py checkpoint to test (e.g. runs/KV/best.pt)")
+    mode.add_argument("--checkpoint", help="checkpoint to test: train.py's (e.g. runs/KV/best.pt)"
+                      " or one the model flags describe (e.g. the authors' .pth.tar)")
     mode.add_argument("--speed", action="store_true", help="benchmark the cost of every variant")
     mode.add_argument("--table", nargs="+", metavar="JSON",
                       help="print a Markdown table of --json reports")
@@ -71,7 +78,8 @@ def parse_args(argv):
                    "speed: clips per step (default 21 on a GPU, 2 on CPU)")
     add_speed_args(p)
     args = p.parse_args(argv)
-    for flag in ("clips", "crops", "batch_size", "img_size", "frames", "warmup", "repeats"):
+    for flag in ("clips", "crops", "batch_size", "img_size", "frames", "stride", "shift_div",
+                 "warmup", "repeats"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} {value}: must be a positive integer")
@@ -86,16 +94,20 @@ def parse_args(argv):
 
 
 def add_speed_args(p):
+    """The model flags (see PAPER_MODEL; a train.py checkpoint needs none) and the speed flags."""
+    p.add_argument("--variant", choices=vit.VARIANTS, help="model of the checkpoint (default vit)")
+    p.add_argument("--shift-layout", choices=vit.LAYOUTS, help="its shift layout (default paper)")
     p.add_argument("--size", choices=vit.SIZES,
-                   help="speed: ViT size (default B/16 on a GPU, Ti/16 on CPU)")
+                   help="ViT size (default B/16; speed: B/16 on a GPU, Ti/16 on CPU)")
     p.add_argument("--img-size", type=int,
-                   help="speed: frame size (default 224 on a GPU, 112 on CPU)")
-    p.add_argument("--frames", type=int, default=8, help="speed: frames per clip (default 8)")
+                   help="frame size (default 224; speed: 224 on a GPU, 112 on CPU)")
+    p.add_argument("--frames", type=int, help="frames per clip (default 8)")
+    p.add_argument("--stride", type=int, help="frames between sampled frames (default 32)")
+    p.add_argument("--heads", type=int, help="heads MSCA shifts (default 2)")
+    p.add_argument("--patches", type=int, help="patches pMSCA shifts (default 16)")
+    p.add_argument("--shift-div", type=int, help="TokenShift moves D/div channels (default 4)")
     p.add_argument("--variants", nargs="+", choices=vit.VARIANTS, default=list(vit.VARIANTS),
                    help="speed: variants to time against vit (default: all 16)")
-    p.add_argument("--heads", type=int, default=2, help="speed: heads MSCA shifts (default 2)")
-    p.add_argument("--patches", type=int, default=16,
-                   help="speed: patches pMSCA shifts (default 16)")
     p.add_argument("--warmup", type=int, default=2, help="speed: untimed steps per variant")
     p.add_argument("--repeats", type=int, default=10, help="speed: timed steps per variant")
     p.add_argument("--peak-tflops", type=float,
@@ -112,18 +124,34 @@ def write_text(path, text):  # or bytes
 # checkpoint -> model -> multi-view test
 
 
-def load_model(path, device):
-    """The model a train.py checkpoint describes, with its weights, and the checkpoint."""
-    if not os.path.isfile(path):
-        raise ValueError(f"--checkpoint {path}: no such file")
-    ckpt = vit.load_torch_file(path)
-    needed = ("model", "model_args", "classes", "args")
-    missing = [k for k in needed if not isinstance(ckpt, dict) or k not in ckpt]
+def model_settings(args, defaults):
+    """The settings PAPER_MODEL names: `defaults`, overridden by the flags given."""
+    given = {key: getattr(args, key) for key in PAPER_MODEL}
+    return {**defaults, **{key: value for key, value in given.items() if value is not None}}
+
+
+def describe_model(args, ckpt):
+    """(model_args, stride, classes): a train.py checkpoint's own, where a flag that says otherwise
+    is refused; else the model flags' over PAPER_MODEL, and the classes of --annotations."""
+    path = args.checkpoint
+    if not (isinstance(ckpt, dict) and "model_args" in ckpt):
+        if not (args.data and args.annotations):
+            raise ValueError(f"--checkpoint {path}: holds no classes (not a train.py checkpoint): "
+                             "pass --data and --annotations of the labels it was trained on")
+        settings = model_settings(args, PAPER_MODEL)
+        frames, stride = settings.pop("frames"), settings.pop("stride")
+        return dict(settings, num_frames=frames), stride, None
+    missing = [k for k in ("model", "classes", "args") if k not in ckpt]
     if missing:
         raise ValueError(f"--checkpoint {path}: not a train.py checkpoint "
                          f"(no {', '.join(missing)})")
-    model = vit.build_model(**ckpt["model_args"])
-    return vit.load_state(model, ckpt["model"], path).to(device).eval(), ckpt
+    model_args, stride = ckpt["model_args"], ckpt["args"]["stride"]
+    own = dict(model_args, frames=model_args["num_frames"], stride=stride)
+    for key, value in model_settings(args, {}).items():
+        if value != own.get(key):
+            raise ValueError(f"--{key.replace('_', '-')} {value}: {path} holds a model "
+                             f"with {key} {own.get(key)}")
+    return model_args, stride, ckpt["classes"]
 
 
 @torch.no_grad()
@@ -213,20 +241,28 @@ def plot_runs(paths, png):
 
 
 def run_test(args, device):
-    model, ckpt = load_model(args.checkpoint, device)
-    model_args, classes, stride = ckpt["model_args"], ckpt["classes"], ckpt["args"]["stride"]
+    if not os.path.isfile(args.checkpoint):
+        raise ValueError(f"--checkpoint {args.checkpoint}: no such file")
+    ckpt = vit.load_torch_file(args.checkpoint)
+    model_args, stride, classes = describe_model(args, ckpt)
     amp_dtype = vit.amp_dtype(args.amp, device)
+    trained = ckpt.get("args", {}) if isinstance(ckpt, dict) else {}  # a train.py run's flags
     view_args = dict(num_frames=model_args["num_frames"], stride=stride,
                      img_size=model_args["img_size"], clips=args.clips, crops=args.crops,
-                     sampling=ckpt["args"].get("sampling", "dense"))  # dense: before --sampling
+                     sampling=trained.get("sampling", "dense"))  # dense: before --sampling
+    dataset, root = None, args.data or trained["data"]
+    if classes is None or not (args.video or args.attention):
+        dataset = data.KineticsDataset(root, args.split, train=False,
+                                       annotations=args.annotations, **view_args)
+    classes = classes or dataset.classes  # a file that names no classes: those of --annotations
+    model = vit.build_model(**dict(model_args, num_classes=len(classes)))
+    weights = vit.state_dict_of(ckpt, args.checkpoint)
+    model = vit.load_state(model, weights, args.checkpoint).to(device).eval()
     if args.attention:
         return draw_attention(model, args, view_args, model_args["variant"], device)
     if args.video:
         return classify_video(model, args.video, classes, view_args, device, amp_dtype,
                               args.average)
-    root = args.data or ckpt["args"]["data"]
-    dataset = data.KineticsDataset(root, args.split, train=False,
-                                   annotations=args.annotations, **view_args)
     unknown = sorted(set(dataset.classes) - set(classes))
     if unknown:
         raise ValueError(f"--data {root}: classes the checkpoint was not trained on: "
@@ -383,8 +419,9 @@ def speed_table(rows):
 def run_speed(args, device):
     cuda = device.type == "cuda"
     # on a GPU the paper's B/16 at 224 px with its 21 clips per GPU; on a CPU a small model
-    size = args.size or ("B/16" if cuda else "Ti/16")
-    img_size = args.img_size or (224 if cuda else 112)
+    small = dict(size="Ti/16", img_size=112)
+    settings = model_settings(args, {**PAPER_MODEL, **({} if cuda else small)})
+    size, img_size, frames = settings["size"], settings["img_size"], settings["frames"]
     batch_size = args.batch_size or (21 if cuda else 2)
     amp_dtype = vit.amp_dtype(args.amp, device)
     threads = f"CPU, {torch.get_num_threads()} threads"
@@ -392,15 +429,15 @@ def run_speed(args, device):
     known = (tflops for name, tflops in PEAK_BF16_TFLOPS if cuda and name in device_name)
     peak = args.peak_tflops or next(known, None)
     rows = benchmark_speed(["vit"] + [v for v in args.variants if v != "vit"], size=size,
-                           img_size=img_size, frames=args.frames, batch_size=batch_size,
-                           heads=args.heads, patches=args.patches, device=device,
+                           img_size=img_size, frames=frames, batch_size=batch_size,
+                           heads=settings["heads"], patches=settings["patches"], device=device,
                            amp_dtype=amp_dtype, warmup=args.warmup, repeats=args.repeats,
                            peak_tflops=peak, compile=args.compile)
     precision = f"{amp_dtype} autocast" if amp_dtype else "fp32"
     if args.compile:
         precision += ", torch.compile"
     title = (f"{device_name}, torch {torch.__version__}, {size} at {img_size} px, "
-             f"{args.frames} frames, batch {batch_size}, {precision}, "
+             f"{frames} frames, batch {batch_size}, {precision}, "
              f"median of {args.repeats} interleaved forward+backward steps")
     if peak:
         title += f", MFU against a dense bf16 peak of {peak:g} TFLOP/s"
@@ -411,7 +448,7 @@ def run_speed(args, device):
           f"most activations: {most:.3f}x vit")
     if args.json:
         report = {"title": title, "device": device_name, "size": size, "img_size": img_size,
-                  "frames": args.frames, "batch_size": batch_size, "precision": precision,
+                  "frames": frames, "batch_size": batch_size, "precision": precision,
                   "peak_tflops": peak, "rows": rows}
         write_text(args.json, json.dumps(report, indent=2))
     return rows

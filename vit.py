@@ -7,7 +7,8 @@ Block kinds (one per block, Fig. 1 of the paper):
 
 Parameter names follow timm's `vision_transformer.py` (`patch_embed.proj`, `cls_token`,
 `pos_embed`, `blocks.{i}.norm1`, `blocks.{i}.attn.qkv`, ...), so timm state dicts load with
-`load_state_dict`, and `load_pretrained` also reads Google's ImageNet-21k `.npz` files.
+`load_state_dict`, and `load_pretrained` also reads Google's ImageNet-21k `.npz` files and the
+TokShift/MSCA authors' Kinetics checkpoints (`.pth`, `.pth.tar`).
 """
 import math
 from collections import OrderedDict
@@ -198,7 +199,7 @@ def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tenso
 
 
 # -----------------------------------------------------------------------------
-# Pretrained weights: Google's ViT .npz (ImageNet-21k) and timm/PyTorch state dicts
+# Pretrained weights: Google's ViT .npz (ImageNet-21k), timm/PyTorch state dicts, the authors' files
 
 
 class CheckpointError(ValueError):
@@ -208,9 +209,10 @@ class CheckpointError(ValueError):
 def load_pretrained(model: VideoViT, path, log: Callable[[str], None] = print,
                     classes=None) -> VideoViT:
     """Load ViT weights into `model`: Google's `.npz` (e.g. ImageNet-21k `ViT-B_16.npz`), a timm
-    state dict (`.pth`, `.pt`, `.bin`, `.safetensors`) or a train.py checkpoint. A head of another
-    shape or other `classes` is set to zeros, as the authors do for fine-tuning. `pos_embed` of
-    another image size is resized (bicubic on the patch grid, CLS kept)."""
+    state dict (`.pth`, `.pt`, `.bin`, `.safetensors`), a train.py checkpoint or the authors'
+    (`.pth`, `.pth.tar`). A head of another shape or other `classes` is set to zeros, as the
+    authors do for fine-tuning. `pos_embed` of another image size is resized (bicubic on the patch
+    grid, CLS kept)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
@@ -234,7 +236,7 @@ def load_pretrained(model: VideoViT, path, log: Callable[[str], None] = print,
 
 def load_torch_file(path) -> object:
     """torch.load in its safe mode (tensors and plain containers); errors in one line."""
-    try:
+    try:  # the authors' files hold MultiStepLR's Counter: allowed since torch 2.4 (PR 123775)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors carry a page of advice; keep the kind
         kind = type(error).__name__
@@ -272,16 +274,39 @@ def read_checkpoint(path: Path) -> tuple:
             raise CheckpointError(f"{path}: reading .safetensors needs "
                                   "`pip install safetensors`") from None
         return load_file(str(path)), None
-    state = load_torch_file(path)
-    names = state.get("classes") if isinstance(state, dict) else None
+    checkpoint = load_torch_file(path)
+    names = checkpoint.get("classes") if isinstance(checkpoint, dict) else None
+    return state_dict_of(checkpoint, path), names
+
+
+def state_dict_of(state, path) -> dict:
+    """The weights of a loaded PyTorch file (a state dict or a checkpoint) with timm's names. The
+    authors' (VideoNet of model/video_net.py, the ViT its `base_model`) are renamed, their query,
+    key and value concatenated into qkv in that order; timm's contain none of their names."""
     for wrapper in ("model", "state_dict", "module"):  # training checkpoints nest the weights
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors")
-    # prefixes from DistributedDataParallel and torch.compile
-    return {k.removeprefix("module.").removeprefix("_orig_mod."): v
-            for k, v in state.items()}, names
+    renamed = {}
+    for key, value in state.items():  # prefixes from DistributedDataParallel and torch.compile
+        key = key.removeprefix("module.").removeprefix("_orig_mod.")
+        for old, new in RELEASED_NAMES:
+            key = key.replace(old, new, 1)
+        renamed[key] = value
+    for query in [k for k in renamed if ".attn.query." in k]:
+        parts = [query.replace("query", part) for part in ("query", "key", "value")]
+        if all(part in renamed for part in parts):  # else load_state names the missing qkv
+            renamed[query.replace("query", "qkv")] = torch.cat([renamed.pop(p) for p in parts])
+    return renamed
+
+
+# jeonsworld's ViT (TokShift's vit_models/modeling.py; TokShift adds no weights) -> timm's names
+RELEASED_NAMES = (("base_model.transformer.", ""), ("base_model.", ""), ("ffn.", "mlp."),
+                  ("embeddings.patch_embeddings", "patch_embed.proj"), ("attn.out", "attn.proj"),
+                  ("embeddings.position_embeddings", "pos_embed"), ("encoder.layer.", "blocks."),
+                  ("embeddings.cls_token", "cls_token"), ("encoder.encoder_norm", "norm"),
+                  ("attention_norm", "norm1"), ("ffn_norm", "norm2"))
 
 
 def npz_to_state_dict(path: Path) -> dict:

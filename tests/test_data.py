@@ -163,13 +163,33 @@ def test_short_videos_shrink_the_stride_then_repeat_frames():
     assert (data.multiview_clip_indices(3, 8, 32, 10) <= 2).all()
 
 
-def test_test_clips_sit_in_the_middle_of_equal_segments_as_in_mmaction2():
+def mmaction2_test_clips(video_frames, num_frames, stride, clips):
+    """Today's mmaction2 SampleFrames(test_mode=True), frame by frame from its formulas: a span of
+    (T - 1) * stride + 1, offsets round(k * max_offset / (clips - 1)) (Python's round: half to
+    even, as np.round), one clip at max_offset // 2, indices past the end looped ('loop')."""
+    max_offset = max(video_frames - ((num_frames - 1) * stride + 1), 0)
+    rows = []
+    for k in range(clips):
+        offset = max_offset // 2
+        if clips > 1:
+            offset = round(k * max_offset / (clips - 1))
+        rows.append([(offset + stride * j) % video_frames for j in range(num_frames)])
+    return rows
+
+
+def test_test_clips_are_placed_as_in_todays_mmaction2():
+    for video_frames in (1, 3, 12, 50, 76, 225, 255, 256, 300, 301):
+        for num_frames, stride, clips in ((8, 32, 10), (8, 32, 1), (8, 32, 3), (1, 1, 10),
+                                          (4, 10, 2), (8, 3, 10)):
+            got = data.multiview_clip_indices(video_frames, num_frames, stride, clips)
+            assert got.tolist() == mmaction2_test_clips(video_frames, num_frames, stride, clips)
+    # by hand, 300 frames, 8 x 32: span 225, max_offset 75, offsets 75 k / 9; the last clip ends on
+    # the last frame
     indices = data.multiview_clip_indices(300, 8, 32, 10)
-    starts = 300 - 7 * 32  # 76 possible starts: 0..75, cut into 10 segments of 7.6
-    assert indices[:, 0].tolist() == [int(j * 7.6 + 7.6 / 2) for j in range(10)] == [3, 11, 19, 26, 34, 41, 49, 56,
-                                                                                     64, 72]
-    assert starts == 76 and (np.diff(indices, axis=1) == 32).all()
-    assert data.multiview_clip_indices(300, 8, 32, 1)[0, 0] == 38  # one clip: the centre, not the first frame
+    assert indices[:, 0].tolist() == [0, 8, 17, 25, 33, 42, 50, 58, 67, 75]
+    assert indices[-1, -1] == 299
+    # one clip: the centre, not the first frame
+    assert data.multiview_clip_indices(300, 8, 32, 1)[0, 0] == 37
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -253,9 +273,10 @@ def test_thirty_views_are_ten_clips_times_three_crops(tmp_path, height, width):
     level_video(tmp_path / "val" / "c" / "v.mp4", num_frames, height, width)
     views, _ = data.KineticsDataset(tmp_path, "val", num_frames=frames_per_clip, stride=stride, img_size=24)[0]
     assert views.shape == (30, 3, frames_per_clip, 24, 24)
-    possible_starts = num_frames - stride * (frames_per_clip - 1)  # 24, in 10 segments of 2.4 frames
+    # 23: the first clip starts at 0, the last at 23
+    max_offset = num_frames - (stride * (frames_per_clip - 1) + 1)
     for clip in range(10):
-        start = int(clip * possible_starts / 10 + possible_starts / 20)  # the middle of segment `clip`
+        start = round(clip * max_offset / 9)  # today's mmaction2
         positions = []
         for crop in range(3):
             indices, mean_red = frame_levels(views[clip * 3 + crop])
@@ -368,9 +389,9 @@ def test_header_overstating_the_length_is_not_a_broken_video(tmp_path):
     while capture.grab():
         count += 1
     assert 0 < count < 60
-    # the test clips are placed in the frames that decode, not in the 60 the header promised: the second clip
-    # sits in the middle of the second half of the count - 1 possible starts
-    second_start = int((count - 1) / 2 + (count - 1) / 4)
+    # the test clips are placed in the frames that decode, not in the 60 the header promised: the
+    # second (last) clip ends on the last frame that decodes
+    second_start = count - 2
     frame = data.read_frames(tmp_path / "train" / "a" / "cut.avi", [second_start + 1])[0]
     expected = cv2.resize(frame[:, (BITS * BLOCK - 48) // 2:][:, :48], (16, 16), interpolation=cv2.INTER_AREA)
     assert ((views[1, :, 1].permute(1, 2, 0) + 1) * 127.5 - torch.from_numpy(expected).float()).abs().max() < 2
@@ -488,8 +509,11 @@ def test_synthetic_frames_carry_no_label_only_their_order_does(tmp_path):
 
 
 def test_sampling_is_symmetric_under_time_reversal():
-    """Reversed videos must yield the same frame sets, so sampling cannot leak the synthetic label either."""
-    for video_frames in (12, 32, 300):
+    """Reversed videos must yield the same frame sets, so sampling cannot leak the synthetic label
+    either. Test clips longer than the video loop from its start as mmaction2's do, which time
+    reversal does not mirror; the synthetic videos (32 frames) hold the synthetic recipe's clip
+    (4 x 10: 31 frames)."""
+    for video_frames in (22, 32, 300):
         clips = data.multiview_clip_indices(video_frames, 8, 3, 10)
         reversed_clips = (video_frames - 1 - clips)[::-1, ::-1]
         assert np.array_equal(np.sort(clips, axis=None), np.sort(reversed_clips, axis=None))

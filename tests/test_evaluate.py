@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import data
 import evaluate
+import released
 import vit
 from conftest import write_video
 
@@ -225,6 +226,38 @@ def test_test_run_reports_match_a_naive_per_view_loop(tmp_path):
         name, videos, top1, _ = line.split(",")
         assert (name, int(videos)) == (classes[c], per_class[c][0])
         assert float(top1) == pytest.approx(100 * per_class[c][1] / per_class[c][0], abs=0.01)
+
+
+def test_the_authors_checkpoint_gives_the_top1_of_its_weights_in_train_py_form(tmp_path, capsys):
+    """A file that does not describe its model (the authors' format, tests/released.py), described
+    by the flags, classes from their integer labels: the report of its weights saved by train.py."""
+    make_split(tmp_path / "set", ["a", "b", "c"], per_class=1)
+    listing = tmp_path / "val.txt"
+    listing.write_text("a/0 0\nb/0 1\nc/0 2\n")
+    net = released.VideoNet(192, 3, 12, 32, classes=3, frames=2, tokshift=True)
+    theirs = released.save_their_checkpoint(net, tmp_path / "tokshift_k400.pth.tar")
+    model_args = dict(variant="tokenshift", num_classes=3, num_frames=2, size="Ti/16", img_size=32,
+                      heads=2, patches=16, shift_div=4, msca_blocks=None, shift_layout="released")
+    model = vit.load_pretrained(vit.build_model(**model_args), theirs)
+    torch.save({"model": model.state_dict(), "model_args": model_args, "classes": ["0", "1", "2"],
+                "args": {"stride": 2, "data": None}}, tmp_path / "ck.pt")
+    common = ["--data", str(tmp_path / "set"), "--annotations", str(listing), "--clips", "2",
+              "--crops", "1", "--workers", "0", "--device", "cpu"]
+    flags = ["--variant", "tokenshift", "--shift-layout", "released", "--size", "Ti/16",
+             "--img-size", "32", "--frames", "2", "--stride", "2"]
+    reports = [evaluate.main(["--checkpoint", str(path), *extra, *common,
+                              "--per-class", str(path) + ".csv"])
+               for path, extra in ((tmp_path / "ck.pt", []), (theirs, flags))]
+    assert reports[0]["top1"] == reports[1]["top1"] and reports[1]["videos"] == 3
+    assert open(str(theirs) + ".csv").read() == open(tmp_path / "ck.pt.csv").read()
+    capsys.readouterr()
+    for argv, named in (([str(theirs), *flags], "--annotations"),
+                        ([str(tmp_path / "ck.pt"), "--frames", "4", *common], "--frames 4")):
+        with pytest.raises(SystemExit) as exit_status:
+            evaluate.main(["--checkpoint", *argv])
+        stderr = capsys.readouterr().err
+        assert exit_status.value.code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+        assert named in stderr
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):

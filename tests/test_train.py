@@ -126,6 +126,25 @@ def test_accumulated_gradients_equal_one_big_batch(clips, accum, windows):
             torch.testing.assert_close(got, param.grad, rtol=1e-5, atol=1e-7)
 
 
+def test_the_training_loss_is_label_smoothed_by_the_flag(videos, tmp_path):
+    """An epoch of train.py at lr 0 logs the mean smoothed cross-entropy (from its formula) of
+    its clips, not the unsmoothed one: a criterion that ignores --label-smoothing fails here."""
+    args, _ = train.configure(train.parse_flags(tiny_args(videos, tmp_path / "run", "--lr", "0",
+                                                          "--label-smoothing", "0.3")))
+    run = train.build_run(args, None, 0, 1, torch.device("cpu"))
+    logged = float(train.train_epoch(run, args, 0)["train_loss"])
+    run.train_loader.sampler.set_epoch(0)
+    run.train_set.set_epoch(args.seed, 0)  # the same clips, the same augmentation
+    losses = {0.3: [], 0.0: []}
+    with torch.no_grad():
+        for clips, labels in run.train_loader:
+            logits = run.model(clips)
+            for eps, kept in losses.items():
+                kept.append(smoothed_cross_entropy(logits, labels, eps).item())
+    smoothed, plain = (sum(kept) / len(kept) for kept in losses.values())
+    assert logged == pytest.approx(smoothed, abs=1e-4) and abs(smoothed - plain) > 1e-2
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Runs
 

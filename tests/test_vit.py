@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import naive
+import released
 import vit
 
 IMG, FRAMES = 32, 3  # 2x2 patches + CLS = 5 tokens per frame
@@ -315,3 +316,24 @@ def test_bad_checkpoints_name_the_file_and_the_problem(tmp_path):
     google_checkpoint(tmp_path / "shallow.npz", depth=2)
     with pytest.raises(vit.CheckpointError, match="shallow.npz.*missing.*blocks.2"):
         vit.load_pretrained(model, tmp_path / "shallow.npz")
+
+
+@pytest.mark.parametrize("variant", ["vit", "tokenshift"])
+def test_the_authors_checkpoints_give_the_logits_they_were_saved_with(tmp_path, variant):
+    """A .pth.tar as TokShift-Transformer saves it (tests/released.py re-states their model): the
+    same logits through load_pretrained, head kept; TokenShift in the released layout only."""
+    tokshift = variant == "tokenshift"
+    theirs = released.VideoNet(192, 3, 12, IMG, classes=5, frames=4, tokshift=tokshift)
+    path = released.save_their_checkpoint(theirs, tmp_path / "best_k400.pth.tar")
+    clip = video(frames=4).float()
+    messages = []
+    model = vit.build_model(variant, 5, 4, size="Ti/16", img_size=IMG, shift_layout="released")
+    vit.load_pretrained(model, path, log=messages.append)
+    with torch.no_grad():
+        expected = theirs(clip)
+        torch.testing.assert_close(model(clip), expected, rtol=0, atol=1e-5)
+        assert messages == [] and expected.std() > 0.1
+        if tokshift:  # the authors' channels, not the text's: another model
+            paper = vit.build_model(variant, 5, 4, size="Ti/16", img_size=IMG)
+            vit.load_pretrained(paper, path)
+            assert (paper(clip) - expected).abs().max() > 1e-3
