@@ -92,6 +92,7 @@ def test_the_whole_model_is_one_graph_with_the_eager_gradients(variant):
 
 def test_regional_compilation_compiles_one_graph_per_block_kind_with_the_eager_gradients():
     """vit.compile_blocks: 12 blocks of two kinds (plain MSA, then MSCA) are two compiled graphs."""
+    torch._dynamo.reset()
     torch.manual_seed(0)
     model = vit.build_model("pKV", 5, 3, size="Ti/16", img_size=32, patches=2, msca_blocks=4)
     video = torch.randn(2, 3, 3, 32, 32)
@@ -108,6 +109,7 @@ def test_regional_compilation_compiles_one_graph_per_block_kind_with_the_eager_g
 def test_train_compile_trains_as_eager_does(videos, tmp_path, monkeypatch):
     """train.py --compile through vit.compile_blocks; aot_eager (inductor's autograd graphs without
     its code generation, which the block tests above cover) keeps the test to seconds."""
+    torch._dynamo.reset()  # as in a fresh process: no shapes remembered from the tests before
     counters = []
 
     def compile_blocks(model, **options):

@@ -2,9 +2,13 @@
 import os
 import subprocess
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.skipif(not os.environ.get("GPU_CHECK_TINY"), reason="minutes on 2 cores: "
+                    "GPU_CHECK_TINY=1 python -m pytest tests/test_gpu_check.py runs it")
 def test_the_gpu_check_script_runs_every_step_in_its_tiny_mode():
     # compilation off: compiling on 2 CPU cores takes minutes; the compiled paths have their tests
     env = {**os.environ, "GPU_CHECK_TINY": "1", "TORCH_COMPILE_DISABLE": "1",
