@@ -22,10 +22,12 @@ import os
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -41,6 +43,9 @@ PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), 
 # the flags say otherwise; the variant defaults to the one that adds nothing to the ViT.
 PAPER_MODEL = dict(variant="vit", shift_layout="paper", size="B/16", img_size=224, frames=8,
                    stride=32, heads=2, patches=16, shift_div=4)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+OPTIMIZERS = ("sgd", "sgd-fused", "adamw", "adamw-fused")
+AUTHORS = "vit (fp32, math attention)"  # their code: fp32, attention as matmul and softmax
 
 
 def parse_args(argv):
@@ -112,7 +117,13 @@ def add_speed_args(p):
     p.add_argument("--repeats", type=int, default=10, help="speed: timed steps per variant")
     p.add_argument("--peak-tflops", type=float,
                    help="speed: the GPU's dense bf16 peak (default from its name)")
-    p.add_argument("--compile", action="store_true", help="speed: time torch.compile'd models")
+    p.add_argument("--compile", action="store_true", help="speed: time vit.compile_blocks models")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES,
+                   help="speed: torch.compile's mode (implies --compile)")
+    p.add_argument("--optimizer-step", choices=OPTIMIZERS,
+                   help="speed: time the optimizer's step too (lr 1e-6), e.g. sgd-fused")
+    p.add_argument("--against-authors", action="store_true",
+                   help=f"speed: also time {AUTHORS!r}, as the authors' code runs ViT")
 
 
 def write_text(path, text):  # or bytes
@@ -321,14 +332,24 @@ def train_flops(model, frames, img_size, batch_size, num_classes):
     return 3 * batch_size * frames * frame
 
 
-def train_step(model, video, labels, amp_dtype):
+def train_step(model, video, labels, amp_dtype, optimizer=None):
     model.zero_grad(set_to_none=True)
     with vit.autocast(video.device, amp_dtype):
         loss = F.cross_entropy(model(video).float(), labels)
     loss.backward()
+    if optimizer is not None:
+        optimizer.step()
 
 
-def timed_step(model, video, labels, amp_dtype):
+def make_optimizer(name, model):
+    """One of OPTIMIZERS; lr 1e-6 so that timing steps barely move the weights."""
+    kind, _, fused = name.partition("-")
+    optimizer = torch.optim.SGD if kind == "sgd" else torch.optim.AdamW
+    options = dict(momentum=0.9) if kind == "sgd" else {}
+    return optimizer(model.parameters(), lr=1e-6, fused=bool(fused) or None, **options)
+
+
+def timed_step(model, video, labels, amp_dtype, optimizer=None):
     """Seconds of one forward+backward step and, on a GPU, its peak bytes beyond the weights."""
     cuda = video.device.type == "cuda"
     model.zero_grad(set_to_none=True)
@@ -337,7 +358,7 @@ def timed_step(model, video, labels, amp_dtype):
         torch.cuda.reset_peak_memory_stats()
     resident = torch.cuda.memory_allocated() if cuda else 0
     start = time.perf_counter()
-    train_step(model, video, labels, amp_dtype)
+    train_step(model, video, labels, amp_dtype, optimizer)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -361,37 +382,62 @@ def saved_activation_bytes(model, video, labels, amp_dtype):
     return sum(storages.values())
 
 
+def attention_backend(variant):
+    """The math backend (matmul, softmax) for AUTHORS; SDPA chooses its kernel for the others."""
+    return sdpa_kernel(SDPBackend.MATH) if variant == AUTHORS else nullcontext()
+
+
 def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patches, device,
                     amp_dtype=None, warmup=2, repeats=10, num_classes=400, peak_tflops=None,
-                    compile=False):
+                    compile_options=None, optimizer=None):
     """Forward+backward cost of every variant against the first (vit), measured round-robin so
     that drift hits all alike: median step time, clips/s, saved activations, peak memory (GPU),
-    TFLOP/s, MFU."""
+    TFLOP/s, MFU. AUTHORS is ViT as their code runs it: eager, fp32, math attention.
+    compile_options: of vit.compile_blocks (None: eager); optimizer: one of OPTIMIZERS."""
     torch.manual_seed(0)
-    models = {v: vit.build_model(v, num_classes, frames, size=size, img_size=img_size,
-                                 heads=heads, patches=patches).to(device).train()
+    models = {v: vit.build_model("vit" if v == AUTHORS else v, num_classes, frames, size=size,
+                                 img_size=img_size, heads=heads, patches=patches).to(device).train()
               for v in variants}
+    dtypes = {v: None if v == AUTHORS else amp_dtype for v in variants}
     video = torch.rand(batch_size, 3, frames, img_size, img_size, device=device) * 2 - 1
     labels = torch.randint(num_classes, (batch_size,), device=device)
-    saved = {v: saved_activation_bytes(models[v], video, labels, amp_dtype) for v in variants}
-    nets = {v: torch.compile(m) if compile else m for v, m in models.items()}
+    optimizers = {v: optimizer and make_optimizer(optimizer, models[v]) for v in variants}
+
+    def step(v, run=timed_step, **extra):
+        with attention_backend(v):
+            return run(models[v], video, labels, dtypes[v], **extra)
+
+    saved = {v: step(v, saved_activation_bytes) for v in variants}
+    # every block kind is one entry in the compile cache of Block.forward: past the limit the
+    # kinds after the first few would run eagerly
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, len(variants))
+    for v in variants:
+        if compile_options is not None and v != AUTHORS:
+            vit.compile_blocks(models[v], **compile_options)
+    first_step = {}  # seconds, compilation included
     for _ in tqdm(range(warmup), desc="warm-up", dynamic_ncols=True):
         for v in variants:
-            train_step(nets[v], video, labels, amp_dtype)
+            first_step.setdefault(v, step(v, optimizer=optimizers[v])[0])
     times, peaks = {v: [] for v in variants}, {v: 0 for v in variants}
     for r in tqdm(range(repeats), desc="timing", dynamic_ncols=True):
         first = r % len(variants)
         for v in variants[first:] + variants[:first]:  # rotated: no variant always first
-            seconds, peak = timed_step(nets[v], video, labels, amp_dtype)
+            seconds, peak = step(v, optimizer=optimizers[v])
             times[v].append(seconds)
             peaks[v] = max(peaks[v], peak or 0)
     flops = train_flops(models[variants[0]], frames, img_size, batch_size, num_classes)
-    base = variants[0]
+    steps = {v: statistics.median(times[v]) for v in variants}
+    return speed_rows(steps, first_step, saved, peaks, flops, batch_size, device, peak_tflops)
+
+
+def speed_rows(steps, first_step, saved, peaks, flops, batch_size, device, peak_tflops):
+    """A row per variant of {variant: median step seconds}, ratios against the first."""
+    base = next(iter(steps))
     rows = []
-    for v in variants:
-        step = statistics.median(times[v])
-        row = {"variant": v, "step_ms": 1000 * step,
-               "ratio": step / statistics.median(times[base]),
+    for v, step in steps.items():
+        row = {"variant": v, "step_ms": 1000 * step, "ratio": step / steps[base],
+               "first_step_s": first_step[v],
                "clips_per_s": batch_size / step, "activation_mib": saved[v] / 2**20,
                "activation_ratio": saved[v] / saved[base], "tflops": flops / step / 1e12}
         if device.type == "cuda":
@@ -404,7 +450,8 @@ def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patc
 
 def speed_table(rows):
     cols = [("variant", "variant", "{}"), ("step ms", "step_ms", "{:.1f}"),
-            ("x ViT", "ratio", "{:.3f}"), ("clips/s", "clips_per_s", "{:.1f}"),
+            ("x ViT", "ratio", "{:.3f}"), ("1st step s", "first_step_s", "{:.1f}"),
+            ("clips/s", "clips_per_s", "{:.1f}"),
             ("saved activations MiB", "activation_mib", "{:.1f}"),
             ("x ViT", "activation_ratio", "{:.3f}"), ("peak MiB", "peak_mib", "{:.0f}"),
             ("x ViT", "peak_ratio", "{:.3f}"), ("TFLOP/s", "tflops", "{:.1f}"),
@@ -428,24 +475,33 @@ def run_speed(args, device):
     device_name = torch.cuda.get_device_name(device) if cuda else threads
     known = (tflops for name, tflops in PEAK_BF16_TFLOPS if cuda and name in device_name)
     peak = args.peak_tflops or next(known, None)
-    rows = benchmark_speed(["vit"] + [v for v in args.variants if v != "vit"], size=size,
-                           img_size=img_size, frames=frames, batch_size=batch_size,
-                           heads=settings["heads"], patches=settings["patches"], device=device,
-                           amp_dtype=amp_dtype, warmup=args.warmup, repeats=args.repeats,
-                           peak_tflops=peak, compile=args.compile)
+    compiled = args.compile or args.compile_mode is not None
+    variants = ["vit"] + [v for v in args.variants if v != "vit"] + [AUTHORS] * args.against_authors
+    rows = benchmark_speed(variants, size=size, img_size=img_size, frames=frames,
+                           batch_size=batch_size, heads=settings["heads"],
+                           patches=settings["patches"], device=device, amp_dtype=amp_dtype,
+                           warmup=args.warmup, repeats=args.repeats, peak_tflops=peak,
+                           optimizer=args.optimizer_step,
+                           compile_options=dict(mode=args.compile_mode) if compiled else None)
     precision = f"{amp_dtype} autocast" if amp_dtype else "fp32"
-    if args.compile:
-        precision += ", torch.compile"
+    if compiled:
+        precision += f", vit.compile_blocks (mode {args.compile_mode or 'default'})"
+    if args.optimizer_step:
+        precision += f", with the {args.optimizer_step} optimizer step"
     title = (f"{device_name}, torch {torch.__version__}, {size} at {img_size} px, "
              f"{frames} frames, batch {batch_size}, {precision}, "
              f"median of {args.repeats} interleaved forward+backward steps")
     if peak:
         title += f", MFU against a dense bf16 peak of {peak:g} TFLOP/s"
     print(title, speed_table(rows), sep="\n")
-    worst = max(rows, key=lambda r: r["ratio"])
-    most = max(r["activation_ratio"] for r in rows)
+    ours = [r for r in rows if r["variant"] != AUTHORS]
+    worst = max(ours, key=lambda r: r["ratio"])
+    most = max(r["activation_ratio"] for r in ours)
     print(f"slowest relative to vit: {worst['variant']} at {worst['ratio']:.3f}x; "
           f"most activations: {most:.3f}x vit")
+    if args.against_authors:  # on a CPU both run fp32: only the attention backend differs there
+        same = "" if amp_dtype else " (both fp32 here: only the attention backend differs)"
+        print(f"{AUTHORS}: {rows[-1]['ratio']:.3f}x the step time of ours{same}")
     if args.json:
         report = {"title": title, "device": device_name, "size": size, "img_size": img_size,
                   "frames": frames, "batch_size": batch_size, "precision": precision,

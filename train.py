@@ -117,7 +117,8 @@ def parse_flags(argv):
     add("--out", "output folder (default: runs/<variant>, runs/synthetic-<variant> without --data)")
     add("--seed", "of the weights, the clip order and the augmentation", type=int)
     p.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each block: one graph per block kind")
     return vars(p.parse_args(argv))
 
 
@@ -287,7 +288,7 @@ def build_run(args, ckpt, rank, world, device):
     run.criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     if ckpt is not None:
         run.start_epoch, run.step, run.rows = restore(run, args, ckpt)
-    run.trained = torch.compile(run.model) if args.compile else run.model
+    run.trained = vit.compile_blocks(run.model) if args.compile else run.model
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         run.trained = DistributedDataParallel(run.trained, device_ids=device_ids)
@@ -411,8 +412,9 @@ def validate(model, loader, amp_dtype, show_bar=False):
 
 def validation_columns(run, args):
     """val_top1 and val_top5 of the log row: percent of the readable validation videos."""
-    # the eager model: the compiled one would recompile for the validation shapes
-    top1, top5, videos = validate(run.model, run.val_loader, run.amp_dtype, show_bar=run.rank == 0)
+    # eager: the compiled blocks would recompile for the validation shapes and no_grad
+    with torch.compiler.set_stance("force_eager"):
+        top1, top5, videos = validate(run.model, run.val_loader, run.amp_dtype, run.rank == 0)
     if not videos:
         raise ValueError(f"--data {args.data}: none of the {len(run.val_set)} validation videos "
                          "can be decoded")

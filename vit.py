@@ -170,6 +170,14 @@ def build_model(variant: str, num_classes: int, num_frames: int = 8, *, size: st
     return VideoViT(num_classes, dim, num_heads, img_size, attn_shifts, token_shift)
 
 
+def compile_blocks(model: VideoViT, **options) -> VideoViT:
+    """Regional compilation, in place: blocks of one kind share one compiled graph, so compiling
+    costs a block per kind, not the whole model. `options` go to torch.compile (mode, backend)."""
+    for block in model.blocks:
+        block.compile(**options)
+    return model
+
+
 def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
     """The one mixed-precision rule: auto = bf16 on GPUs that have it, else fp16 (train with
     loss scaling), and fp32 (None) on a CPU, where autocast is slower; bf16/fp16 force it."""

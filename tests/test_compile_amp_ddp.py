@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 import torch._dynamo
+from torch._dynamo.testing import CompileCounterWithBackend
 
 import evaluate
 import train
@@ -87,6 +88,49 @@ def test_the_whole_model_is_one_graph_with_the_eager_gradients(variant):
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(video)
     for a, b in zip(torch.autograd.grad(compiled.logsumexp(-1).sum(), list(model.parameters())), eager):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_regional_compilation_compiles_one_graph_per_block_kind_with_the_eager_gradients():
+    """vit.compile_blocks: 12 blocks of two kinds (plain MSA, then MSCA) are two compiled graphs."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = vit.build_model("pKV", 5, 3, size="Ti/16", img_size=32, patches=2, msca_blocks=4)
+    video = torch.randn(2, 3, 3, 32, 32)
+    eager = torch.autograd.grad(model(video).logsumexp(-1).sum(), list(model.parameters()))
+    names = list(model.state_dict())
+    counter = CompileCounterWithBackend("aot_eager")
+    vit.compile_blocks(model, backend=counter, fullgraph=True)
+    compiled = model(video).logsumexp(-1).sum()
+    assert counter.frame_count == 2 and list(model.state_dict()) == names
+    for a, b in zip(torch.autograd.grad(compiled, list(model.parameters())), eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_train_compile_trains_as_eager_does(videos, tmp_path, monkeypatch):
+    """train.py --compile through vit.compile_blocks; aot_eager (inductor's autograd graphs without
+    its code generation, which the block tests above cover) keeps the test to seconds."""
+    torch._dynamo.reset()  # as in a fresh process: no shapes remembered from the tests before
+    counters = []
+
+    def compile_blocks(model, **options):
+        counters.append(CompileCounterWithBackend("aot_eager"))
+        return vit_compile_blocks(model, backend=counters[-1], **options)
+
+    vit_compile_blocks = vit.compile_blocks
+    monkeypatch.setattr(vit, "compile_blocks", compile_blocks)
+    for run in ("eager", "compiled"):
+        flags = ["--epochs", "2", "--variant", "KV"] + ["--compile"] * (run == "compiled")
+        assert train.main(tiny_args(videos, tmp_path / run, *flags)) == 0
+    assert len(counters) == 1 and counters[0].frame_count == 1  # one block kind, one graph
+    eager, compiled = (load(tmp_path / run / "last.pt") for run in ("eager", "compiled"))
+    for key, value in eager["model"].items():
+        torch.testing.assert_close(compiled["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    logs = []
+    for run in ("eager", "compiled"):
+        with open(tmp_path / run / "log.csv", newline="") as f:
+            logs.append([float(row[k]) for row in csv.DictReader(f)
+                         for k in ("epoch", "step", "train_loss", "train_top1", "val_top1")])
+    assert len(logs[0]) == 10 and logs[1] == pytest.approx(logs[0], abs=2e-4)
 
 
 # ---------------------------------------------------------------------------------------------------------
