@@ -44,7 +44,7 @@ def parse_args(argv):
                       help="print a Markdown table of --json reports")
     p.add_argument("--video", help="with --checkpoint: print the top-5 classes of this one video")
     p.add_argument("--data", help="dataset root (default: the one the checkpoint was trained on)")
-    p.add_argument("--split", default="val", help="split folder under --data (default: val)")
+    p.add_argument("--split", help="split folder under --data (default: val)")
     p.add_argument("--annotations", help="Kinetics CSV or list file of the split")
     p.add_argument("--clips", type=int, default=10,
                    help="temporal positions per video (default 10)")
@@ -66,6 +66,10 @@ def parse_args(argv):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} {value}: must be a positive integer")
+    dataset_flags = [f"--{flag.replace('_', '-')}" for flag in
+                     ("per_class", "data", "annotations", "split") if getattr(args, flag)]
+    if args.video and dataset_flags:
+        p.error(f"--video tests one file: {', '.join(dataset_flags)} apply to a dataset only")
     for path in (args.json, args.per_class):  # fail before the test, not after it
         if path:
             data.check_writable(path)
@@ -167,10 +171,13 @@ def run_test(args, device):
     view_args = dict(num_frames=model_args["num_frames"], stride=stride,
                      img_size=model_args["img_size"], clips=args.clips, crops=args.crops)
     if args.video:
-        return classify_video(model, args.video, classes, view_args, device, amp_dtype,
-                              args.average)
-    root = args.data or ckpt["args"]["data"]
-    dataset = data.KineticsDataset(root, args.split, train=False,
+        report = classify_video(model, args.video, classes, view_args, device, amp_dtype,
+                                args.average)
+        if args.json:
+            write_text(args.json, json.dumps(report, indent=2))
+        return report
+    root, split = args.data or ckpt["args"]["data"], args.split or "val"
+    dataset = data.KineticsDataset(root, split, train=False,
                                    annotations=args.annotations, **view_args)
     unknown = sorted(set(dataset.classes) - set(classes))
     if unknown:
@@ -190,7 +197,7 @@ def run_test(args, device):
               "clips": args.clips, "crops": args.crops, "average": args.average,
               "videos": len(labels), "skipped": skipped, "variant": model_args["variant"],
               "checkpoint": args.checkpoint, "epoch": ckpt.get("epoch"), "data": root,
-              "split": args.split, "model_args": model_args,
+              "split": split, "model_args": model_args,
               "seconds": round(time.time() - start, 1)}
     top5_text = f"(top-5: {len(classes)} classes)"
     if top5 is not None:
