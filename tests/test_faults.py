@@ -196,14 +196,16 @@ def test_unwritable_out_is_one_line_before_any_training(videos, tmp_path, capsys
     one_error_line(capsys, "ro", "permission denied")
 
 
-def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(videos, tmp_path, capsys):
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(videos, tmp_path,
+                                                                             capsys):
     first = tmp_path / "first"
     assert train.main(tiny_args(videos, first, "--epochs", "1")) == 0
     out = tmp_path / "full"
     out.mkdir()
-    # a real small filesystem: room for one checkpoint and log.csv, not for a second checkpoint beside it
+    # a real small filesystem: room for one checkpoint and log.csv, not for a second one beside it
     size_k = os.path.getsize(first / "last.pt") // 1024 + 128
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_k}k", "tmpfs", str(out)]).returncode:
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size_k}k", "tmpfs", str(out)]
+    if subprocess.run(mount).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         for name in ("last.pt", "log.csv", "args.json"):
@@ -213,7 +215,8 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(vid
         assert train.main(tiny_args(videos, out, "--epochs", "2", "--resume")) == 2
         one_error_line(capsys, "last.pt", "no space left on device")
         assert (out / "last.pt").read_bytes() == before and not list(out.glob(".tmp-*"))
-        assert [row["epoch"] for row in log_rows(out)] == ["1", "2"]  # log.csv fitted; resume drops row 2
+        # log.csv fitted; a resume drops its row 2
+        assert [row["epoch"] for row in log_rows(out)] == ["1", "2"]
     finally:
         subprocess.run(["umount", str(out)], check=True)
 

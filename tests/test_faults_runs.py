@@ -1,6 +1,8 @@
-"""Fault injection, second run (issue 21): concurrent and mixed runs, resume flags, torchrun, --video reports.
+"""Fault injection, second run (issue 21): concurrent and mixed runs, resume flags, torchrun,
+--video reports.
 
-Real processes where the fault needs them: two train.py at once, torchrun with 2 processes, SIGINT to a process group.
+Real processes where the fault needs them: two train.py at once, torchrun with 2 processes, SIGINT
+to a process group.
 """
 import csv
 import hashlib
@@ -62,15 +64,16 @@ def run_one(videos, tmp_path_factory):
     return out
 
 
-def test_a_second_run_into_a_busy_out_is_refused_and_a_killed_run_leaves_nothing_stuck(videos, tmp_path):
+def test_a_second_run_into_a_busy_out_is_refused_and_a_killed_run_leaves_nothing_stuck(videos,
+                                                                                       tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(train_py(*tiny_args(videos, out, "--epochs", "500")), env=ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(out / "last.pt", first)
         for extra in ((), ("--resume",)):
-            second = subprocess.run(train_py(*tiny_args(videos, out, "--epochs", "500", *extra)), env=ENV,
-                                    capture_output=True, text=True, timeout=120)
+            argv = train_py(*tiny_args(videos, out, "--epochs", "500", *extra))
+            second = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=120)
             assert second.returncode == 2 and second.stderr.strip().splitlines() == [
                 f"train.py: error: --out {out}: another train.py is running into it"], second.stderr
         assert first.poll() is None  # the first run goes on
@@ -78,7 +81,8 @@ def test_a_second_run_into_a_busy_out_is_refused_and_a_killed_run_leaves_nothing
         first.kill()
         first.wait()
     epoch = load(out / "last.pt")["epoch"]
-    assert train.main(tiny_args(videos, out, "--epochs", str(epoch + 1), "--resume")) == 0  # not stuck
+    # nothing stuck
+    assert train.main(tiny_args(videos, out, "--epochs", str(epoch + 1), "--resume")) == 0
 
 
 def test_best_pt_keeps_its_score_when_log_csv_is_gone(videos, run_one, tmp_path, capsys):
@@ -89,7 +93,7 @@ def test_best_pt_keeps_its_score_when_log_csv_is_gone(videos, run_one, tmp_path,
     shutil.copytree(run_one, out)
     os.remove(out / "log.csv")
     best = load(out / "best.pt")
-    best["val_top1"] = 100.0  # an earlier epoch that no later one can beat (a later one must be strictly better)
+    best["val_top1"] = 100.0  # an earlier epoch that no later one can beat (it must be better)
     torch.save(best, out / "best.pt")
     before = digest(out / "best.pt")
     capsys.readouterr()
@@ -99,7 +103,8 @@ def test_best_pt_keeps_its_score_when_log_csv_is_gone(videos, run_one, tmp_path,
 
 def test_a_last_pt_of_another_run_beside_a_runs_files_is_refused(videos, run_one, tmp_path, capsys):
     released = tmp_path / "released"
-    assert train.main(tiny_args(videos, released, "--epochs", "1", "--shift-layout", "released")) == 0
+    argv = tiny_args(videos, released, "--epochs", "1", "--shift-layout", "released")
+    assert train.main(argv) == 0
     out = tmp_path / "mixed"
     shutil.copytree(run_one, out)
     shutil.copy(released / "last.pt", out / "last.pt")
@@ -116,38 +121,43 @@ def test_a_last_pt_of_another_run_beside_a_runs_files_is_refused(videos, run_one
     assert f"{out}/best.pt of another run" in last_error(capsys)
 
 
-@pytest.mark.parametrize("flags", [["--batch-size", "1"], ["--seed", "4"], ["--stride", "1"],
-                                   ["--short-side", "200", "300"], ["--lr", "0.5"], ["--amp", "bf16"],
-                                   ["--label-smoothing", "0"], ["--optimizer", "adamw"], ["--heads", "0"]])
-def test_resume_refuses_flags_that_break_continues_exactly(videos, run_one, tmp_path, capsys, flags):
+@pytest.mark.parametrize("flags", [
+    ["--batch-size", "1"], ["--seed", "4"], ["--stride", "1"], ["--short-side", "200", "300"],
+    ["--lr", "0.5"], ["--amp", "bf16"], ["--label-smoothing", "0"], ["--optimizer", "adamw"],
+    ["--heads", "0"]])
+def test_resume_refuses_flags_that_break_continues_exactly(videos, run_one, tmp_path, capsys,
+                                                           flags):
     out = tmp_path / "run"
     shutil.copytree(run_one, out)
     capsys.readouterr()
     assert train.main(tiny_args(videos, out, "--epochs", "2", "--resume", *flags)) == 2
     line = last_error(capsys)
-    assert line.startswith("train.py: error: --resume continues") and f"{flags[0]} {' '.join(flags[1:])}" in line
+    assert line.startswith("train.py: error: --resume continues") and " ".join(flags) in line
     assert load(out / "last.pt")["epoch"] == 1
 
 
 def test_resume_may_change_epochs_lr_steps_and_workers(videos, run_one, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(run_one, out)
-    assert train.main(tiny_args(videos, out, "--epochs", "2", "--resume", "--lr-steps", "5", "--workers", "1")) == 0
+    argv = tiny_args(videos, out, "--epochs", "2", "--resume", "--lr-steps", "5", "--workers", "1")
+    assert train.main(argv) == 0
     assert load(out / "last.pt")["epoch"] == 2 and load(out / "last.pt")["args"]["lr_steps"] == [5]
 
 
-def test_resume_with_another_number_of_processes_names_the_accumulation(videos, run_one, tmp_path, monkeypatch):
+def test_resume_with_another_number_of_processes_names_the_accumulation(videos, run_one, tmp_path,
+                                                                        monkeypatch):
     out = tmp_path / "run"
     shutil.copytree(run_one, out)
-    # effective batch 2 clips x 2 accumulation x 1 process = 4: with 2 processes --accum-steps 1 keeps it
+    # effective batch 2 clips x 2 accumulation x 1 process = 4: 2 processes need --accum-steps 1
     result = subprocess.run(torchrun(*tiny_args(videos, out, "--epochs", "2", "--resume")), env=ENV,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert ("--resume: " + f"{out} was trained with an effective batch of 4; 2 processes x 2 clips x 2 accumulation "
-            "make 8: --accum-steps 1 keeps it") in result.stderr, result.stderr[-3000:]
+    assert (f"--resume: {out} was trained with an effective batch of 4; 2 processes x 2 clips x 2 "
+            "accumulation make 8: --accum-steps 1 keeps it") in result.stderr, result.stderr[-3000:]
     assert load(out / "last.pt")["epoch"] == 1
-    given = train.parse_flags(tiny_args(videos, out, "--epochs", "2", "--resume", "--accum-steps", "1"))
-    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets: the same check, the flag it names accepted
+    given = train.parse_flags(tiny_args(videos, out, "--epochs", "2", "--resume",
+                                        "--accum-steps", "1"))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: the named value is accepted
     assert train.configure(given)[0].accum_steps == 1
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ValueError, match="no --accum-steps keeps it with 3 processes"):
@@ -156,9 +166,9 @@ def test_resume_with_another_number_of_processes_names_the_accumulation(videos, 
 
 def test_ctrl_c_under_torchrun_is_one_line_from_rank_0(videos, tmp_path):
     out = tmp_path / "run"
-    process = subprocess.Popen(torchrun(*tiny_args(videos, out, "--epochs", "500", "--accum-steps", "1")),
-                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    argv = torchrun(*tiny_args(videos, out, "--epochs", "500", "--accum-steps", "1"))
+    process = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
     try:
         wait_for(out / "last.pt", process)
         time.sleep(1)
@@ -174,13 +184,15 @@ def test_ctrl_c_under_torchrun_is_one_line_from_rank_0(videos, tmp_path):
 def test_an_explicit_validation_list_that_matches_nothing_is_an_error(videos, tmp_path, capsys):
     (tmp_path / "val.txt").write_text("val/nowhere/1.mp4 0\nval/nowhere/2.mp4 1\n")
     out = tmp_path / "run"
-    assert train.main(tiny_args(videos, out, "--epochs", "1", "--val-annotations", str(tmp_path / "val.txt"))) == 2
+    argv = tiny_args(videos, out, "--epochs", "1", "--val-annotations", str(tmp_path / "val.txt"))
+    assert train.main(argv) == 2
     assert "val.txt" in last_error(capsys) and not (out / "last.pt").exists()
 
 
 def test_a_tokenshift_that_shifts_no_channel_is_refused(videos, tmp_path, capsys):
     out = tmp_path / "run"
-    assert train.main(tiny_args(videos, out, "--variant", "tokenshift", "--shift-div", "1000")) == 2
+    assert train.main(tiny_args(videos, out, "--variant", "tokenshift", "--shift-div",
+                                "1000")) == 2
     assert "shift_div=1000: must be an integer from 2 to 192" in last_error(capsys)
     assert not (out / "last.pt").exists()
 
@@ -192,17 +204,18 @@ def test_a_relative_data_is_stored_absolute_for_evaluate_elsewhere(videos, tmp_p
     assert json.load(open(out / "args.json"))["data"] == str(videos)
     assert load(out / "best.pt")["args"]["data"] == str(videos)
     monkeypatch.chdir(tmp_path)  # another folder: no videos.name here
-    report = evaluate.main(["--checkpoint", str(out / "best.pt"), "--clips", "1", "--crops", "1", "--workers", "0",
-                            "--device", "cpu"])
+    report = evaluate.main(["--checkpoint", str(out / "best.pt"), "--clips", "1", "--crops", "1",
+                            "--workers", "0", "--device", "cpu"])
     assert report["videos"] == 2 and report["data"] == str(videos)
 
 
 def test_evaluate_video_writes_json_and_refuses_dataset_flags(videos, run_one, tmp_path, capsys):
     video = str(next((videos / "val").rglob("*.mp4")))
-    common = ["--checkpoint", str(run_one / "best.pt"), "--video", video, "--clips", "2", "--crops", "1",
-              "--device", "cpu"]
+    common = ["--checkpoint", str(run_one / "best.pt"), "--video", video, "--clips", "2",
+              "--crops", "1", "--device", "cpu"]
     report = evaluate.main(common + ["--json", str(tmp_path / "top5.json")])
-    assert json.load(open(tmp_path / "top5.json")) == report and set(report) == {"video", "top5"}
+    assert json.load(open(tmp_path / "top5.json")) == report
+    assert set(report) == {"video", "top5"}
     assert sum(report["top5"].values()) == pytest.approx(1.0)  # softmax over the 2 classes
     for flag, value in (("--per-class", str(tmp_path / "c.csv")), ("--data", str(videos)),
                         ("--annotations", str(tmp_path / "a.txt")), ("--split", "train")):
@@ -211,5 +224,6 @@ def test_evaluate_video_writes_json_and_refuses_dataset_flags(videos, run_one, t
             evaluate.main(common + [flag, value])
         assert stop.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == [f"evaluate.py: error: --video tests one file: {flag} apply to a dataset only"], err
+        expected = f"evaluate.py: error: --video tests one file: {flag} apply to a dataset only"
+        assert err == [expected], err
     assert not (tmp_path / "c.csv").exists()

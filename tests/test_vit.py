@@ -115,9 +115,11 @@ def empty_shift_model(variant, kwargs):
     """What build_model now refuses (it shifts nothing), built from its parts: Ti/16 at IMG px."""
     dim, heads, depth = vit.SIZES["Ti/16"]
     if variant == "tokenshift":
-        return vit.VideoViT(5, dim, heads, IMG, [vit.NO_SHIFT] * depth, vit.TokenShift(dim, kwargs["shift_div"]))
-    msca = vit.CrossAttentionShift.from_variant(variant, heads=kwargs.get("heads", 2), patches=kwargs.get("patches", 2),
-                                                num_heads=heads, num_tokens=(IMG // 16) ** 2 + 1)
+        token_shift = vit.TokenShift(dim, kwargs["shift_div"])
+        return vit.VideoViT(5, dim, heads, IMG, [vit.NO_SHIFT] * depth, token_shift)
+    msca = vit.CrossAttentionShift.from_variant(
+        variant, heads=kwargs.get("heads", 2), patches=kwargs.get("patches", 2), num_heads=heads,
+        num_tokens=(IMG // 16) ** 2 + 1)
     k = kwargs.get("msca_blocks", depth)
     return vit.VideoViT(5, dim, heads, IMG, [vit.NO_SHIFT] * (depth - k) + [msca] * k, None)
 
@@ -193,9 +195,11 @@ def test_msca_only_in_the_last_blocks():
     (dict(variant="KV", msca_blocks=13), "msca_blocks"),
     (dict(variant="KV", img_size=40), "img_size"),
     (dict(variant="tokenshift", shift_div=0), "shift_div"),
-    (dict(variant="tokenshift", shift_div=1000), "shift_div=1000: must be an integer from 2 to 192"),  # 0 channels
+    # 192 // 1000 = 0 channels
+    (dict(variant="tokenshift", shift_div=1000), "shift_div=1000: must be an integer from 2 to"),
     (dict(variant="tokenshift", shift_div=1), "shift_div"),  # nothing left to come from t+1
-    (dict(variant="KV", heads=0), "heads=0: MSCA-KV would shift nothing, which is ViT: use variant 'vit'"),
+    (dict(variant="KV", heads=0), "heads=0: MSCA-KV would shift nothing, which is ViT: use "
+                                  "variant 'vit'"),
     (dict(variant="pKV", patches=0), "patches=0: .*'vit'"),
     (dict(variant="KV", msca_blocks=0), "msca_blocks=0: .*'vit'"),
 ])
