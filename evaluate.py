@@ -65,7 +65,7 @@ def parse_args(argv):
     p.add_argument("--block", type=int, help="with --attention: this block (default the last)")
     p.add_argument("--video", help="with --checkpoint: print the top-5 classes of this one video")
     p.add_argument("--data", help="dataset root (default: the one the checkpoint was trained on)")
-    p.add_argument("--split", default="val", help="split folder under --data (default: val)")
+    p.add_argument("--split", help="split folder under --data (default: val)")
     p.add_argument("--annotations", help="Kinetics CSV or list file of the split")
     p.add_argument("--clips", type=int, default=10,
                    help="temporal positions per video (default 10)")
@@ -91,11 +91,20 @@ def parse_args(argv):
     for flag, needs in (("plot", "png"), ("png", "plot"), ("attention", "video")):
         if getattr(args, flag) and not getattr(args, needs):
             p.error(f"--{flag} needs --{needs}")
+    if args.video and (args.per_class or args.split):
+        refuse_with_video(["per_class", "split"], args)
     args.npz = args.attention and os.path.splitext(args.attention)[0] + ".npz"
     for path in (args.json, args.per_class, args.png, args.attention, args.npz):  # before the test
         if path:
             data.check_writable(path)
     return args
+
+
+def refuse_with_video(flags, args):
+    """One line for the dataset flags given beside --video, which tests one file."""
+    given = [f"--{flag.replace('_', '-')}" for flag in flags if getattr(args, flag)]
+    if given:
+        raise ValueError(f"--video tests one file: {', '.join(given)} apply to a dataset only")
 
 
 def add_speed_args(p):
@@ -261,9 +270,12 @@ def run_test(args, device):
     view_args = dict(num_frames=model_args["num_frames"], stride=stride,
                      img_size=model_args["img_size"], clips=args.clips, crops=args.crops,
                      sampling=trained.get("sampling", "dense"))  # dense: before --sampling
-    dataset, root = None, args.data or trained["data"]
-    if classes is None or not (args.video or args.attention):
-        dataset = data.KineticsDataset(root, args.split, train=False,
+    one_video = args.video or args.attention
+    if one_video and classes is not None:  # the checkpoint names its classes: no dataset needed
+        refuse_with_video(["data", "annotations"], args)
+    dataset, root, split = None, args.data or trained["data"], args.split or "val"
+    if classes is None or not one_video:
+        dataset = data.KineticsDataset(root, split, train=False,
                                        annotations=args.annotations, **view_args)
     classes = classes or dataset.classes  # a file that names no classes: those of --annotations
     model = vit.build_model(**dict(model_args, num_classes=len(classes)))
@@ -272,8 +284,11 @@ def run_test(args, device):
     if args.attention:
         return draw_attention(model, args, view_args, model_args["variant"], device)
     if args.video:
-        return classify_video(model, args.video, classes, view_args, device, amp_dtype,
-                              args.average)
+        report = classify_video(model, args.video, classes, view_args, device, amp_dtype,
+                                args.average)
+        if args.json:
+            write_text(args.json, json.dumps(report, indent=2))
+        return report
     unknown = sorted(set(dataset.classes) - set(classes))
     if unknown:
         raise ValueError(f"--data {root}: classes the checkpoint was not trained on: "
@@ -293,7 +308,7 @@ def run_test(args, device):
               "sampling": view_args["sampling"],
               "videos": len(labels), "skipped": skipped, "variant": model_args["variant"],
               "checkpoint": args.checkpoint, "epoch": ckpt.get("epoch"), "data": root,
-              "split": args.split, "model_args": model_args,
+              "split": split, "model_args": model_args,
               "seconds": round(time.time() - start, 1)}
     top5_text = f"(top-5: {len(classes)} classes)"
     if top5 is not None:

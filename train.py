@@ -14,13 +14,15 @@ rebuilds the model, and `classes`.
 """
 import argparse
 import csv
+import fcntl
 import glob
 import json
 import math
 import os
+import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 
 import torch
@@ -61,6 +63,10 @@ MODEL_FLAGS = ("variant", "size", "img_size", "frames", "heads", "patches", "msc
                "shift_div", "shift_layout")
 LOG_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_top1", "val_top5",
                "clips_per_s", "skipped", "seconds")
+# A resumed run continues exactly: only these may differ from the run's (accumulation: see
+# check_resume); a dataset may move, its classes are checked
+MAY_CHANGE_ON_RESUME = ("epochs", "lr_steps", "workers", "compile", "pretrained", "out", "resume",
+                        "data", "annotations", "val_annotations")
 
 
 # Settings: the flags given, the rest from the recipe or, with --resume, from the run's own --------
@@ -122,26 +128,28 @@ def parse_flags(argv):
     return vars(p.parse_args(argv))
 
 
+def out_folder(given):
+    variant = given.get("variant", COMMON["variant"])
+    return given.get("out") or os.path.join("runs", variant if "data" in given else
+                                            "synthetic-" + variant)
+
+
 def configure(given):
     """The run's arguments and, with --resume, its checkpoint. Errors are ValueError/OSError."""
-    paper = "data" in given
+    paper, out = "data" in given, out_folder(given)
+    # stored absolute, so that evaluate.py run from another folder finds the same files
+    given = {**given, **{key: os.path.abspath(given[key]) for key in
+                         ("data", "annotations", "val_annotations") if given.get(key)}}
     args = {**COMMON, **(PAPER if paper else SMALL), "data": SYNTHETIC_DIR, "synthetic": not paper,
             **given}
-    run_name = args["variant"] if paper else "synthetic-" + args["variant"]
-    out = given.get("out") or os.path.join("runs", run_name)
     last, ckpt = os.path.join(out, "last.pt"), None
     if given.get("resume"):
         if not os.path.isfile(last):
             raise ValueError(f"--resume: {last} does not exist (pass the --out or --variant of the "
                              "run)")
         ckpt = vit.load_torch_file(last)
-        run = ckpt["args"]
-        changed = [f"--{k.replace('_', '-')} (the run has {run[k]})"
-                   for k in MODEL_FLAGS + ("optimizer",) if k in given and given[k] != run[k]]
-        if changed:
-            raise ValueError(f"--resume: the model and optimizer of {out} cannot change: "
-                             + ", ".join(changed))
-        args = {**COMMON, **run, **given}  # COMMON: settings added since the run began
+        check_resume(given, ckpt, out)
+        args = {**COMMON, **ckpt["args"], **given}  # COMMON: settings added since the run began
     elif os.path.exists(last):
         raise ValueError(f"{last} already exists: pass --resume to continue that run, or another "
                          "--out")
@@ -159,6 +167,52 @@ def configure(given):
                          f"{args.seed} in 0..2^32-1 and --short-side {args.short_side} two sizes "
                          "LOW <= HIGH")
     return args, ckpt
+
+
+def check_resume(given, ckpt, out):
+    """Refuses flags that would not continue the run exactly, and another effective batch."""
+    missing = [key for key in ("args", "effective_batch", "log") if key not in ckpt]
+    if missing:
+        raise ValueError(f"--resume: {out}/last.pt was written by an older train.py (no "
+                         f"{', '.join(missing)}): it cannot be resumed exactly")
+    run = {**COMMON, **ckpt["args"]}  # COMMON: settings added since the run began
+    changed = [f"--{k.replace('_', '-')} {shown(given[k])} (the run has {shown(run[k])})"
+               for k in given if k not in MAY_CHANGE_ON_RESUME + ("accum_steps",)
+               and given[k] != run[k]]
+    if changed:
+        raise ValueError(f"--resume continues {out} exactly; these cannot change: "
+                         + ", ".join(changed))
+    # processes x accumulation may change together: the same clips then make each update
+    world, batch = int(os.environ.get("WORLD_SIZE", 1)), run["batch_size"]
+    accum, effective = given.get("accum_steps", run["accum_steps"]), ckpt["effective_batch"]
+    if batch * accum * world != effective:
+        fits = effective % (batch * world) == 0
+        keep = (f"--accum-steps {effective // (batch * world)} keeps it" if fits else
+                f"no --accum-steps keeps it with {world} processes")
+        raise ValueError(f"--resume: {out} was trained with an effective batch of {effective}; "
+                         f"{world} processes x {batch} clips x {accum} accumulation make "
+                         f"{world * batch * accum}: {keep}")
+
+
+@contextmanager
+def own_out(out):
+    """Rank 0 holds a lock on the folder OUT for the whole run, so that a second run into it is
+    refused; the kernel lets go when the process ends, killed or not: nothing is left stuck."""
+    if os.environ.get("RANK", "0") != "0":  # torchrun's other processes write nothing there
+        yield
+        return
+    data.check_writable(os.path.join(out, "last.pt"))  # an unwritable --out fails now
+    folder = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"--out {out}: another train.py is running into it") from None
+        for leftover in glob.glob(os.path.join(out, ".tmp-*")):  # of a run killed while saving
+            os.remove(leftover)
+        yield
+    finally:
+        os.close(folder)
 
 
 # Set-up: processes, data, model, optimizer, and where a resumed run left off ----------------------
@@ -200,6 +254,8 @@ def open_datasets(args, rank, world, ckpt):
                                        annotations=args.val_annotations or args.annotations,
                                        **common)
     except ValueError as error:
+        if args.val_annotations:  # only an implicit validation split may be absent
+            raise
         print(f"no validation ({error}): best.pt will not be written", file=sys.stderr)
         return train_set, None
     if val_set.classes != classes:
@@ -242,7 +298,7 @@ def make_optimizer(model, args):
 
 
 def restore(run, args, ckpt):
-    """Loads the resumed run's state; returns its epochs, optimizer steps and log rows so far."""
+    """Loads the resumed run's state; returns its epochs, steps, log rows and best top-1."""
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt["scaler"] is not None:
@@ -252,7 +308,21 @@ def restore(run, args, ckpt):
         raise ValueError(f"--resume: {args.out} has already trained {epochs} epochs; raise "
                          "--epochs")
     run.log(f"resuming {args.out} after epoch {epochs} (step {step})")
-    return epochs, step, read_log(os.path.join(args.out, "log.csv"), epochs)
+    log_path, best_path = (os.path.join(args.out, name) for name in ("log.csv", "best.pt"))
+    rows, best = read_log(log_path, epochs), {"log": []}
+    if os.path.isfile(best_path):
+        best = vit.load_torch_file(best_path)
+
+    def trained(log):  # the columns known when last.pt is saved: a run's fingerprint
+        return [[str(row[key]) for key in LOG_COLUMNS[:5]] for row in log]
+
+    others = [path for path, log in ((log_path, rows), (best_path, best["log"]))
+              if trained(log) != trained(ckpt["log"])[:len(log)]]
+    if others:
+        raise ValueError(f"--resume: {' and '.join(others)} of another run than {args.out}/last.pt;"
+                         " move them away to resume without them")
+    scores = [s for s in (best_top1(rows), best.get("val_top1")) if s is not None]
+    return epochs, step, rows, max(scores, default=None)
 
 
 def read_log(path, epochs_done):
@@ -270,11 +340,8 @@ def read_log(path, epochs_done):
 def build_run(args, ckpt, rank, world, device):
     """What the epochs share: data, model, optimizer, loss scaler; where a resumed run left off."""
     run = SimpleNamespace(rank=rank, world=world, device=device, start_epoch=0, step=0, rows=[],
+                          best=None,
                           log=print if rank == 0 else lambda *_, **__: None)
-    if rank == 0:  # an unwritable --out fails now, not after an epoch
-        data.check_writable(os.path.join(args.out, "last.pt"))
-        for leftover in glob.glob(os.path.join(args.out, ".tmp-*")):  # of a run killed while saving
-            os.remove(leftover)
     run.train_set, run.val_set = open_datasets(args, rank, world, ckpt)
     run.classes = run.train_set.classes
     run.datasets = [d for d in (run.train_set, run.val_set) if d is not None]
@@ -287,7 +354,7 @@ def build_run(args, ckpt, rank, world, device):
     run.scaler = torch.amp.GradScaler(device.type, enabled=run.amp_dtype == torch.float16)
     run.criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     if ckpt is not None:
-        run.start_epoch, run.step, run.rows = restore(run, args, ckpt)
+        run.start_epoch, run.step, run.rows, run.best = restore(run, args, ckpt)
     run.trained = vit.compile_blocks(run.model) if args.compile else run.model
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -433,14 +500,24 @@ def save_epoch(run, args, row):
     scaler = run.scaler.state_dict() if run.scaler.is_enabled() else None
     state = dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
                  epoch=row["epoch"], step=row["step"], scaler=scaler, model_args=run.model_args,
-                 classes=run.classes, args=vars(args))
+                 classes=run.classes, args=vars(args),
+                 effective_batch=args.batch_size * args.accum_steps * run.world,
+                 log=run.rows + [row])  # tells this run's log.csv and best.pt from another's
     # log.csv before last.pt: a crash in between is undone on resume
     write_log(os.path.join(args.out, "log.csv"), run.rows + [row])
-    with data.atomic_path(os.path.join(args.out, "last.pt")) as tmp:
-        torch.save(state, tmp)
+    save_checkpoint(state, os.path.join(args.out, "last.pt"))
     with data.atomic_path(os.path.join(args.out, "args.json")) as tmp, open(tmp, "w") as f:
         json.dump(vars(args), f, indent=2)
     return state
+
+
+def save_checkpoint(state, path):
+    with data.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:  # into a Python file: torch turns its OSError (a full disk), or a Ctrl-C while
+            torch.save(state, f)  # writing, into "unexpected pos"
+        except RuntimeError as error:
+            cause = error.__context__
+            raise cause if isinstance(cause, (OSError, KeyboardInterrupt)) else error
 
 
 def best_top1(rows):
@@ -448,13 +525,13 @@ def best_top1(rows):
 
 
 def save_validation(run, args, state):
-    """log.csv with the epoch's validation, and best.pt when its top-1 beats every earlier one."""
+    """log.csv with the epoch's validation, and best.pt, with its top-1, when it beats every earlier
+    one."""
     write_log(os.path.join(args.out, "log.csv"), run.rows)
-    *earlier, row = run.rows
-    earlier_best = best_top1(earlier)
-    if row["val_top1"] and (earlier_best is None or float(row["val_top1"]) > earlier_best):
-        with data.atomic_path(os.path.join(args.out, "best.pt")) as tmp:
-            torch.save(state, tmp)
+    top1 = run.rows[-1]["val_top1"]
+    if top1 and (run.best is None or float(top1) > run.best):
+        run.best = float(top1)
+        save_checkpoint({**state, "val_top1": run.best}, os.path.join(args.out, "best.pt"))
 
 
 # The loop -----------------------------------------------------------------------------------------
@@ -470,10 +547,10 @@ def epoch_line(row, num_classes):
 
 def done_line(run, args, seconds):
     minutes, seconds = divmod(round(seconds), 60)
-    best, last, chance = best_top1(run.rows), run.rows[-1], 100 / len(run.classes)
+    last, chance = run.rows[-1], 100 / len(run.classes)
     result = f"train top-1 {last['train_top1']}% (no val split)"
-    if best is not None:
-        result = f"val top-1 {last['val_top1']}% (best {best:.2f}%, chance {chance:.1f}%)"
+    if run.best is not None:
+        result = f"val top-1 {last['val_top1']}% (best {run.best:.2f}%, chance {chance:.1f}%)"
     return (f"done in {minutes}m{seconds:02d}s: {args.variant} {result} after {args.epochs} "
             f"epochs; {args.out}")
 
@@ -499,17 +576,26 @@ def train(args, ckpt, rank, world, device, progress):
     run.log(done_line(run, args, time.time() - run_start))
 
 
+def interrupt_once(signum, frame):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # torchrun passes the Ctrl-C on a second time
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     progress = {"saved": None}
+    if "RANK" in os.environ:
+        signal.signal(signal.SIGINT, interrupt_once)
     try:
-        args, ckpt = configure(parse_flags(argv))
-        progress["saved"] = ckpt and ckpt["epoch"]
-        rank, world, device = setup_distributed()
-        try:
-            train(args, ckpt, rank, world, device, progress)
-        finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        given = parse_flags(argv)
+        with own_out(out_folder(given)):
+            args, ckpt = configure(given)
+            progress["saved"] = ckpt and ckpt["epoch"]
+            rank, world, device = setup_distributed()
+            try:
+                train(args, ckpt, rank, world, device, progress)
+            finally:
+                if dist.is_initialized():
+                    dist.destroy_process_group()
         return 0
     except (ValueError, OSError, data.VideoError) as error:
         # a DataLoader worker's error ends with its message
@@ -520,7 +606,8 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         saved = progress["saved"] or "none"
-        print(f"train.py: interrupted; last checkpoint epoch {saved}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # torchrun's processes all get it: one speaks
+            print(f"train.py: interrupted; last checkpoint epoch {saved}", file=sys.stderr)
         return 130
 
 

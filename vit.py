@@ -154,9 +154,9 @@ def build_model(variant: str, num_classes: int, num_frames: int = 8, *, size: st
 
     attn_shifts, token_shift = [NO_SHIFT] * depth, None
     if variant == "tokenshift":
-        if not isinstance(shift_div, int) or shift_div < 1:
-            raise ValueError(f"shift_div={shift_div!r}: must be an integer >= 1 "
-                             "(D // shift_div channels each way)")
+        if not isinstance(shift_div, int) or not 2 <= shift_div <= dim:  # else a way is empty
+            raise ValueError(f"shift_div={shift_div!r}: must be an integer from 2 to {dim} "
+                             f"(D // shift_div channels each way, D = {dim})")
         token_shift = TokenShift(dim, shift_div, shift_layout)
     elif variant in MSCA_VARIANTS:
         k = depth if msca_blocks is None else msca_blocks
@@ -166,6 +166,11 @@ def build_model(variant: str, num_classes: int, num_frames: int = 8, *, size: st
         msca = CrossAttentionShift.from_variant(variant, heads=heads, patches=patches,
                                                 num_heads=num_heads, num_tokens=num_tokens,
                                                 layout=shift_layout)
+        amounts = {"patches" if msca.axis == "patch" else "heads": msca.n_back, "msca_blocks": k}
+        if not all(amounts.values()):
+            empty = " and ".join(f"{name}=0" for name, value in amounts.items() if not value)
+            raise ValueError(f"{empty}: MSCA-{variant} would shift nothing, which is ViT: use "
+                             "variant 'vit'")
         attn_shifts = [NO_SHIFT] * (depth - k) + [msca] * k
     return VideoViT(num_classes, dim, num_heads, img_size, attn_shifts, token_shift)
 

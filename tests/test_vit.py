@@ -112,12 +112,27 @@ def test_reference_sees_the_temporal_interaction():
     assert not torch.allclose(scores, vit_reference(x)) and not torch.allclose(scores, tokenshift_reference(x))
 
 
+def empty_shift_model(variant, kwargs):
+    """What build_model now refuses (it shifts nothing), built from its parts: Ti/16 at IMG px."""
+    dim, heads, depth = vit.SIZES["Ti/16"]
+    if variant == "tokenshift":
+        token_shift = vit.TokenShift(dim, kwargs["shift_div"])
+        return vit.VideoViT(5, dim, heads, IMG, [vit.NO_SHIFT] * depth, token_shift)
+    msca = vit.CrossAttentionShift.from_variant(
+        variant, heads=kwargs.get("heads", 2), patches=kwargs.get("patches", 2), num_heads=heads,
+        num_tokens=(IMG // 16) ** 2 + 1)
+    k = kwargs.get("msca_blocks", depth)
+    return vit.VideoViT(5, dim, heads, IMG, [vit.NO_SHIFT] * (depth - k) + [msca] * k, None)
+
+
 @pytest.mark.parametrize("variant,kwargs", [("KV", {"heads": 0}), ("pKV", {"patches": 0}), ("QKV", {"msca_blocks": 0}),
                                             ("tokenshift", {"shift_div": 10_000})])
 def test_shifting_nothing_is_plain_vit(variant, kwargs):
     torch.manual_seed(0)
     plain = vit.build_model("vit", 5, FRAMES, size="Ti/16", img_size=IMG).double()
-    model = vit.build_model(variant, 5, FRAMES, size="Ti/16", img_size=IMG, **kwargs).double()
+    model = empty_shift_model(variant, kwargs).double()
+    with pytest.raises(ValueError, match="vit|shift_div"):  # so build_model refuses it
+        vit.build_model(variant, 5, FRAMES, size="Ti/16", img_size=IMG, **kwargs)
     model.load_state_dict(plain.state_dict())
     x = video()
     with torch.no_grad():
@@ -181,6 +196,13 @@ def test_msca_only_in_the_last_blocks():
     (dict(variant="KV", msca_blocks=13), "msca_blocks"),
     (dict(variant="KV", img_size=40), "img_size"),
     (dict(variant="tokenshift", shift_div=0), "shift_div"),
+    # 192 // 1000 = 0 channels
+    (dict(variant="tokenshift", shift_div=1000), "shift_div=1000: must be an integer from 2 to"),
+    (dict(variant="tokenshift", shift_div=1), "shift_div"),  # nothing left to come from t+1
+    (dict(variant="KV", heads=0), "heads=0: MSCA-KV would shift nothing, which is ViT: use "
+                                  "variant 'vit'"),
+    (dict(variant="pKV", patches=0), "patches=0: .*'vit'"),
+    (dict(variant="KV", msca_blocks=0), "msca_blocks=0: .*'vit'"),
 ])
 def test_invalid_arguments_raise_value_error(kwargs, match):
     kwargs = {"num_classes": 3, "size": "Ti/16", "img_size": IMG, **kwargs}
@@ -267,8 +289,7 @@ def test_timm_state_dict_round_trips(tmp_path):
     x = video().float()
     for name in ("timm.pth", "ddp.pt"):
         torch.manual_seed(1)
-        target = vit.load_pretrained(vit.build_model("pKV", 5, size="Ti/16", img_size=IMG, patches=0),
-                                     tmp_path / name)
+        target = vit.load_pretrained(empty_shift_model("pKV", {"patches": 0}), tmp_path / name)
         with torch.no_grad():
             assert torch.equal(target(x), source(x))
         assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
