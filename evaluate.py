@@ -289,14 +289,21 @@ def run_test(args, device):
         if args.json:
             write_text(args.json, json.dumps(report, indent=2))
         return report
+    about = {"variant": model_args["variant"], "checkpoint": args.checkpoint,
+             "epoch": ckpt.get("epoch"), "data": root, "split": split, "model_args": model_args}
+    return test_dataset(args, model, dataset, classes, device, about)
+
+
+def test_dataset(args, model, dataset, classes, device, about):
+    """The multi-view test of `dataset`: prints top-1/top-5, writes --json and --per-class."""
     unknown = sorted(set(dataset.classes) - set(classes))
     if unknown:
-        raise ValueError(f"--data {root}: classes the checkpoint was not trained on: "
+        raise ValueError(f"--data {dataset.root}: classes the checkpoint was not trained on: "
                          f"{', '.join(unknown[:5])}")
     start = time.time()
     scores, labels, skipped = predict_videos(
-        model, dataset, device=device, amp_dtype=amp_dtype, batch_size=args.batch_size or 1,
-        workers=args.workers, average=args.average)
+        model, dataset, device=device, amp_dtype=vit.amp_dtype(args.amp, device),
+        batch_size=args.batch_size or 1, workers=args.workers, average=args.average)
     # the split may hold fewer classes than the checkpoint
     labels = torch.tensor([classes.index(c) for c in dataset.classes])[labels]
     top1 = 100.0 * vit.topk_hits(scores, labels, 1).float().mean().item()
@@ -305,11 +312,8 @@ def run_test(args, device):
         top5 = 100.0 * vit.topk_hits(scores, labels, 5).float().mean().item()
     report = {"top1": top1, "top5": top5, "views": args.clips * args.crops,
               "clips": args.clips, "crops": args.crops, "average": args.average,
-              "sampling": view_args["sampling"],
-              "videos": len(labels), "skipped": skipped, "variant": model_args["variant"],
-              "checkpoint": args.checkpoint, "epoch": ckpt.get("epoch"), "data": root,
-              "split": split, "model_args": model_args,
-              "seconds": round(time.time() - start, 1)}
+              "sampling": dataset.sampling, "videos": len(labels), "skipped": skipped,
+              **about, "seconds": round(time.time() - start, 1)}
     top5_text = f"(top-5: {len(classes)} classes)"
     if top5 is not None:
         top5_text = f"top-5 {top5:.2f}%"
