@@ -373,6 +373,11 @@ def build_run(args, ckpt, rank, world, device):
     val_videos = len(run.val_set) if run.val_set is not None else 0
     precision = run.amp_dtype or torch.float32
     effective = args.batch_size * args.accum_steps * world
+    source = args.data
+    if args.synthetic:
+        source = f"the synthetic task (made once) in {args.data}"
+    run.log(f"data: {source}; clips of {args.frames} frames of {args.img_size} px, "
+            f"stride {args.stride}")
     run.log(f"{args.variant} {args.size}: {parameters:.1f}M parameters, {len(run.classes)} "
             f"classes, {len(run.train_set)} train / {val_videos} val videos, {device.type} "
             f"{precision}; effective batch {args.batch_size} x {args.accum_steps} accumulation x "
@@ -549,8 +554,14 @@ def done_line(run, args, seconds):
     minutes, seconds = divmod(round(seconds), 60)
     last, chance = run.rows[-1], 100 / len(run.classes)
     result = f"train top-1 {last['train_top1']}% (no val split)"
+    best_epochs = [row["epoch"] for row in run.rows if row["val_top1"]
+                   and float(row["val_top1"]) == run.best]
+    kept = "best.pt"
+    if best_epochs:
+        kept = f"best.pt, epoch {best_epochs[0]}"
     if run.best is not None:
-        result = f"val top-1 {last['val_top1']}% (best {run.best:.2f}%, chance {chance:.1f}%)"
+        result = (f"last epoch val top-1 {last['val_top1']}% (best {run.best:.2f}% in {kept}, "
+                  f"chance {chance:.1f}%)")
     return (f"done in {minutes}m{seconds:02d}s: {args.variant} {result} after {args.epochs} "
             f"epochs; {args.out}")
 
