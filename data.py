@@ -94,7 +94,6 @@ class KineticsDataset(Dataset):
             raise ValueError(f"{os.path.join(self.root, split)}: no videos found "
                              f"({', '.join(VIDEO_EXTENSIONS)})")
         # shared with the DataLoader workers, without a lock: 'spawn' workers could not receive one.
-        # broken: a byte per video, set by the worker that finds it broken
         self.broken = multiprocessing.RawArray("b", len(self.videos))
         self._epoch_seed = multiprocessing.RawArray("q", 2)
 
@@ -323,16 +322,11 @@ def fitting_stride(video_frames, num_frames, stride):
     return min(stride, (video_frames - 1) // max(num_frames - 1, 1))
 
 
-def stretched_clip(video_frames, num_frames):
-    """A video shorter than the clip: every frame, in order, some repeated."""
-    return np.arange(num_frames) * video_frames // num_frames
-
-
 def train_clip_indices(video_frames, num_frames, stride, rng):
     """`num_frames` frames `stride` apart from a uniformly random start."""
     step = fitting_stride(video_frames, num_frames, stride)
-    if step == 0:
-        return stretched_clip(video_frames, num_frames)
+    if step == 0:  # a video shorter than the clip: every frame, in order, some repeated
+        return np.arange(num_frames) * video_frames // num_frames
     return rng.integers(0, video_frames - step * (num_frames - 1)) + step * np.arange(num_frames)
 
 
@@ -403,51 +397,35 @@ def avi_index_size(path):
 
 
 def decode_frames(capture, path, indices, header_frames, seekable):
-    """RGB frames `indices` (any order, repeats allowed), each decoded once."""
-    decode = decode_by_seeking if seekable else decode_by_walking
-    frames = decode(capture, path, np.unique(indices), header_frames)
-    return np.stack([frames[int(i)] for i in np.asarray(indices).reshape(-1)])
-
-
-def decode_by_seeking(capture, path, targets, header_frames):
-    """{target: RGB frame}, only those frames decoded. Past its index OpenCV's reader gives the last
-    frame again: the index is the length."""
-    frames = {}
-    for target in targets:
-        ok, bgr = False, None
-        if target < header_frames and capture.set(cv2.CAP_PROP_POS_FRAMES, int(target)):
-            ok, bgr = capture.read()
-        if not ok:
-            raise missing_frame(path, target, header_frames, header_frames)
-        frames[int(target)] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return frames
-
-
-def decode_by_walking(capture, path, targets, header_frames):
-    """{target: RGB frame} of sorted `targets` in one forward walk, the frames between them only
-    grabbed (not converted)."""
-    frames, position = {}, 0  # position: the frame the decoder gives next
-    for target in targets:
-        while position < target and capture.grab():
+    """RGB frames `indices` (any order, repeats allowed), each decoded once. Seekable: each read
+    where it is; past its index OpenCV's reader gives the last frame again: the index is the
+    length. Otherwise one forward walk, the frames between targets only grabbed (not converted)."""
+    frames, position = {}, 0  # position: the frame the walking decoder gives next
+    for target in np.unique(indices):
+        if seekable:
+            decodable = header_frames
+            found = target < header_frames and capture.set(cv2.CAP_PROP_POS_FRAMES, int(target))
+        else:
+            while position < target and capture.grab():
+                position += 1
+            decodable, found = position, position == target
             position += 1
         ok, bgr = False, None
-        if position == target:
+        if found:
             ok, bgr = capture.read()
         if not ok:
-            raise missing_frame(path, target, position, header_frames)
-        position += 1
+            raise missing_frame(path, target, decodable, header_frames)
         frames[int(target)] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return frames
+    return np.stack([frames[int(i)] for i in np.asarray(indices).reshape(-1)])
 
 
 def missing_frame(path, target, decodable, header_frames):
     """The VideoError of a frame `target` that does not decode, where `decodable` frames do."""
     if not decodable:
         return VideoError(f"{path}: no frame could be decoded", decodable)
-    truncated = ""
+    message = f"{path}: frame {target} asked for, but the video has {decodable} frames"
     if decodable < header_frames:
-        truncated = f" where its header says {header_frames} (truncated?)"
-    message = f"{path}: frame {target} asked for, but the video has {decodable} frames{truncated}"
+        message += f" where its header says {header_frames} (truncated?)"
     return VideoError(message, decodable)
 
 
@@ -615,7 +593,6 @@ def write_mjpeg(path, frames, fps):
 
 
 def shrink(frame, short_side):
-    """The frame with its short side made `short_side`, never larger."""
     scale = short_side / min(frame.shape[:2])
     if scale < 1:
         frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -718,7 +695,10 @@ def plan_copy(source_root, target_root, short_side):
         avi = os.path.splitext(target)[0] + ".avi"
         if not is_video(path):
             if os.path.isfile(path) and target != os.path.join(target_root, "prepared.json"):
-                copy_verified(path, target)
+                with atomic_path(target) as partial:  # whole or not at all, again on a resume
+                    shutil.copy2(path, partial)
+                    if not filecmp.cmp(path, partial, shallow=False):
+                        raise OSError(errno.EIO, f"the copy differs from {path}", partial)
         elif sources.setdefault(avi, path) != path:
             raise ValueError(f"{sources[avi]} and {path}: both would be prepared as {avi}")
         elif not os.path.exists(avi):
@@ -726,14 +706,6 @@ def plan_copy(source_root, target_root, short_side):
     for avi in {os.path.dirname(avi): avi for _, avi, _ in jobs}.values():
         check_writable(avi)
     return jobs
-
-
-def copy_verified(source, target):
-    """Copies a file whole or not at all (again on a resume), compared byte for byte."""
-    with atomic_path(target) as partial:
-        shutil.copy2(source, partial)
-        if not filecmp.cmp(source, partial, shallow=False):
-            raise OSError(errno.EIO, f"the copy differs from {source}", partial)
 
 
 def quiet_worker():
@@ -841,9 +813,8 @@ def benchmark(roots, *, annotations=None, split="train", workers=0, clips=100, i
         per_frame = size / frames
         print(f"{root}: one core {one_core:.1f} clips/s ({np.mean(decoded):.0f} frames decoded "
               f"per clip); {workers} workers {parallel:.1f} clips/s; {per_frame / 1e3:.1f} kB per "
-              f"frame "
-              f"({per_frame * 72e6 / 1e12:.2f} TB for Kinetics-400's 240k clips of 300 frames); "
-              f"{gpu_clips:g} clips/s: {gpu_clips / one_core:.1f} cores")
+              f"frame ({per_frame * 72e6 / 1e12:.2f} TB for Kinetics-400's 240k clips of 300 "
+              f"frames); {gpu_clips:g} clips/s: {gpu_clips / one_core:.1f} cores")
 
 
 # --lists: list files from the official annotations of UCF101, HMDB51, Something-Something-v2
