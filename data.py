@@ -53,14 +53,6 @@ SYNTHETIC_VERSION = 3  # of synthetic_clip and its files: a cache of another ver
 SIDES, SWAPPED = re.compile(r"\b(left|right)\b"), {"left": "right", "right": "left"}
 
 
-class VideoError(Exception):
-    """A video that cannot be decoded as asked, naming the file; `decodable`: the frames that do."""
-
-    def __init__(self, message, decodable=0):
-        super().__init__(message)
-        self.decodable = decodable
-
-
 # the dataset
 class KineticsDataset(Dataset):
     """(video, label) items of root/{split}/{class}/<video> folders or of an annotation list; the
@@ -358,6 +350,14 @@ def uniform_clip_indices(video_frames, num_frames, clips):
 
 
 # frame reading
+class VideoError(Exception):
+    """A video that cannot be decoded as asked, naming the file; `decodable`: the frames that do."""
+
+    def __init__(self, message, decodable=0):
+        super().__init__(message)
+        self.decodable = decodable
+
+
 def open_video(path):
     """(capture, frames the header claims or 0, seekable): an indexed MJPEG .avi by OpenCV's reader,
     the rest by FFmpeg."""
