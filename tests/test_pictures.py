@@ -123,14 +123,15 @@ def test_key_frames_written_out_by_hand_for_three_frames():
 
 
 def centre_view(path, frames, stride, size):
-    """Every frame decoded, the centre clip of `frames` frames `stride` apart, the centre square of
-    the full short side, resized to size x size (area averaging)."""
+    """Every frame decoded, the centre clip of `frames` frames `stride` apart as today's mmaction2
+    places one test clip (at half of F - ((T - 1) * stride + 1)), the centre square of the full
+    short side, resized to size x size (area averaging)."""
     capture, decoded = cv2.VideoCapture(str(path)), []
     ok, frame = capture.read()
     while ok:
         decoded.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
         ok, frame = capture.read()
-    start = int((len(decoded) - stride * (frames - 1)) / 2)
+    start = max(len(decoded) - (stride * (frames - 1) + 1), 0) // 2
     height, width = decoded[0].shape[:2]
     x = round((width - height) / 2)
     return np.stack([cv2.resize(decoded[start + stride * t][:, x:x + height], (size, size),
