@@ -1,33 +1,21 @@
-"""Video data for MSCA: read Kinetics videos with OpenCV, sample and augment clips as the paper
-does, survive broken videos, prepare a copy that decodes fast, and make a synthetic dataset that
-only a temporal model can learn.
+"""The loader the paper describes (Sec. 4.1): Kinetics-style videos read with OpenCV, clips
+sampled and augmented as the paper does, the multi-view test input, broken videos survived.
 
-    python data.py --make-synthetic DIR [--seed 0]
-    python data.py --resize SRC DST [--short-side 320] [--workers N]
-    python data.py --benchmark ROOT [ROOT ...] [--annotations LIST] [--workers N] [--clips 100]
-    python data.py --lists {ucf101,hmdb51,ssv2} SRC OUT [--split 1|2|3]
-
-The prepared copy (--resize) is indexed MJPEG .avi files: OpenCV's own reader seeks to any frame
-through the index, so that a clip costs its 8 JPEG decodes. Other videos (Kinetics' H.264) are
-decoded forward by FFmpeg up to the last frame a clip needs: FFmpeg's seek is not frame-exact for
-every codec, nor cheaper with a keyframe every 250 frames.
+Layouts: root/{split}/{class}/<video> folders, a Kinetics CSV, or a list file ("relative/path
+label", with classes.txt beside it naming the labels; prepare.py --lists writes them). Indexed
+MJPEG .avi files (prepare.py --resize) are read by OpenCV's seek, so that a clip costs its 8 JPEG
+decodes. Other videos (Kinetics' H.264) are decoded forward by FFmpeg up to the last frame a clip
+needs: FFmpeg's seek is not frame-exact for every codec, nor cheaper with a keyframe every 250
+frames.
 """
-import argparse
 import contextlib
 import csv
-import ctypes
-import errno
-import filecmp
-import glob
-import json
 import multiprocessing
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
-import time
 
 # OpenCV and FFmpeg print their own warnings for every damaged packet; data.py reports broken videos
 # itself, once, with the file name. setdefault keeps whatever the user asked for.
@@ -38,18 +26,13 @@ import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, default_collate
-from tqdm import tqdm
+from torch.utils.data import Dataset, default_collate
 
 cv2.setNumThreads(1)  # one thread per DataLoader worker: the workers are the parallelism
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv",
                     ".wmv", ".3gp", ".ogv")
-MJPEG_QUALITY = 90  # of the prepared copy's JPEGs; 95 costs 1.4x the disk and decodes slower
-PREPARED_VERSION = 1  # of prepare_video's files: a copy of another version is not resumed
 FLIP_PROB, JITTER_PROB = 0.5, 0.1
 MAX_BROKEN_IN_A_ROW = 32  # this many broken videos in a row: the dataset is broken, not a file
-SYNTHETIC_CLASSES = ("down", "up")
-SYNTHETIC_VERSION = 3  # of synthetic_clip and its files: a cache of another version is not reused
 SIDES, SWAPPED = re.compile(r"\b(left|right)\b"), {"left": "right", "right": "left"}
 
 
@@ -572,250 +555,6 @@ def check_writable(path):
         raise OSError(f"{path}: cannot be written ({os_reason(error)})") from None
 
 
-# --resize: the prepared copy, indexed MJPEG .avi files
-def write_mjpeg(path, frames, fps):
-    """BGR `frames` as an indexed MJPEG .avi, every frame one JPEG: OpenCV's reader seeks it
-    exactly. FFmpeg's writer takes OpenCV's JPEGs (its own MJPEG encoder makes files 1.6x larger and
-    slower to decode). Returns the count."""
-    writer, count = None, 0
-    for count, frame in enumerate(frames, 1):
-        if writer is None:
-            raw_jpegs = [cv2.VIDEOWRITER_PROP_RAW_VIDEO, 1, cv2.VIDEOWRITER_PROP_KEY_INTERVAL, 1]
-            writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps,
-                                     frame.shape[1::-1], raw_jpegs)
-            if not writer.isOpened():
-                raise OSError(errno.EIO, "OpenCV cannot write an MJPEG .avi here", path)
-        jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])[1]
-        writer.write(jpeg.reshape(1, -1))
-    if writer is not None:
-        writer.release()
-    return count
-
-
-def shrink(frame, short_side):
-    scale = short_side / min(frame.shape[:2])
-    if scale < 1:
-        frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    return frame
-
-
-def prepare_video(job):
-    """job (source, target, short_side): write `target` (.avi), every frame of `source` shrunk to
-    `short_side`, and read it back. Returns (broken, message to print), a broken video reported,
-    not raised: a pool goes on. A write that fails raises OSError."""
-    source, target, short_side = job
-    capture = None
-    try:
-        with atomic_path(target) as partial:
-            capture, header_frames = open_video(source)[:2]
-            frames = (shrink(frame, short_side) for _, frame in iter(capture.read, (False, None)))
-            written = write_mjpeg(partial, frames, capture.get(cv2.CAP_PROP_FPS) or 30.0)
-            if not written:
-                raise VideoError(f"{source}: no frame could be decoded")
-            check_written(partial, written)
-    except VideoError as error:
-        return True, f"skipping broken video: {error}"
-    finally:
-        if capture is not None:
-            capture.release()
-    if written < header_frames:
-        return False, (f"{source}: {written} frames decode where its header says "
-                       f"{header_frames} (truncated?); prepared those")
-    return False, None
-
-
-def check_written(path, count):
-    """Raises OSError unless OpenCV's reader seeks all `count` frames of `path`: cv2.VideoWriter
-    says nothing when the disk fills up."""
-    found, last = 0, False
-    if avi_index_size(path):
-        capture, found, seekable = open_video(path)
-        last = seekable and capture.set(cv2.CAP_PROP_POS_FRAMES, count - 1) and capture.read()[0]
-        capture.release()
-    if found != count or not last:
-        raise OSError(errno.EIO, f"{found} of its {count} frames read back (disk full?)", path)
-
-
-def resize_dataset(source_root, target_root, short_side, workers):
-    """The prepared copy: the same layout, each video an MJPEG .avi of short side `short_side`,
-    other files copied, the settings in target_root/prepared.json. Resumable: a video whose .avi
-    exists is skipped (atomic_path wrote it once prepare_video read it back)."""
-    source_root, target_root = os.path.realpath(source_root), os.path.realpath(target_root)
-    inside = os.path.commonpath([source_root, target_root]) == source_root
-    if not os.path.isdir(source_root) or short_side < 2 or inside:
-        raise ValueError(f"--resize {source_root} {target_root}: the source must be a folder, "
-                         f"the target outside it (symlinks resolved), and --short-side at least 2")
-    remove_leftovers(target_root)
-    record_settings(target_root, dict(short_side=short_side, mjpeg_quality=MJPEG_QUALITY,
-                                      version=PREPARED_VERSION))
-    jobs = plan_copy(source_root, target_root, short_side)
-    try:
-        with multiprocessing.Pool(max(1, workers), quiet_worker) as pool:
-            results = list(tqdm(pool.imap_unordered(prepare_video, jobs), total=len(jobs),
-                                desc="preparing"))
-    finally:
-        remove_leftovers(target_root)  # of the workers a failure or Ctrl-C terminated
-    failures = [message for broken, message in results if broken]
-    for message in filter(None, (message for _, message in results)):
-        print(f"data: {message}", file=sys.stderr)
-    print(f"prepared {len(jobs) - len(failures)} videos in {target_root} "
-          f"({len(failures)} broken, skipped)")
-    return failures
-
-
-def remove_leftovers(target_root):
-    """Removes the partial files (atomic_path's) that killed or failed runs left in the copy."""
-    pattern = os.path.join(glob.escape(target_root), "**", ".tmp-????????-*")
-    for leftover in filter(os.path.isfile, glob.glob(pattern, recursive=True)):
-        os.remove(leftover)
-
-
-def record_settings(target_root, settings):
-    """Records `settings` in a new copy; refuses a copy made with others, or not by --resize."""
-    record, wanted = os.path.join(target_root, "prepared.json"), json.dumps(settings)
-    if os.path.isfile(record):
-        with open(record) as f:
-            recorded = f.read().strip()
-        if recorded != wanted:
-            raise ValueError(f"{record}: the copy was prepared with {recorded}, not {wanted}: "
-                             "resume it with those settings, or prepare another")
-    elif os.path.isdir(target_root) and os.listdir(target_root):
-        raise ValueError(f"{target_root}: not empty, and no prepared.json says how it was made")
-    else:
-        with atomic_path(record) as partial, open(partial, "w") as f:
-            f.write(wanted)
-
-
-def plan_copy(source_root, target_root, short_side):
-    """The jobs of the videos not yet prepared, once every other file is copied; refuses two
-    videos that would be prepared as one .avi, and a target folder that cannot be written."""
-    jobs, sources = [], {}
-    for path in walk_files(source_root):
-        target = os.path.join(target_root, os.path.relpath(path, source_root))
-        avi = os.path.splitext(target)[0] + ".avi"
-        if not is_video(path):
-            if os.path.isfile(path) and target != os.path.join(target_root, "prepared.json"):
-                with atomic_path(target) as partial:  # whole or not at all, again on a resume
-                    shutil.copy2(path, partial)
-                    if not filecmp.cmp(path, partial, shallow=False):
-                        raise OSError(errno.EIO, f"the copy differs from {path}", partial)
-        elif sources.setdefault(avi, path) != path:
-            raise ValueError(f"{sources[avi]} and {path}: both would be prepared as {avi}")
-        elif not os.path.exists(avi):
-            jobs.append((path, avi, short_side))
-    for avi in {os.path.dirname(avi): avi for _, avi, _ in jobs}.values():
-        check_writable(avi)
-    return jobs
-
-
-def quiet_worker():
-    """Ctrl-C is the parent's (it ends the pool); the parent's death ends the worker (on Linux)
-    rather than leave it to fail writing to a closed pipe."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-
-
-# --make-synthetic: a dataset only a temporal model can learn
-def synthetic_clip(rng, num_frames, size):
-    """uint8 RGB (num_frames, size, size, 3): one bright disk or square moving down over a plain
-    dark background (over a colourful one, a ViT trained from scratch on a CPU spends its first
-    thousand steps on the background)."""
-    background = rng.uniform(0, 60, 3).astype(np.uint8)
-    frames = np.broadcast_to(background, (num_frames, size, size, 3)).copy()
-    colour = tuple(int(c) for c in rng.integers(150, 256, 3))
-    zoom = rng.uniform(0.6, 1.0)  # training magnifies 1-1.47x: test views fall in what it sees
-    radius, travel = 0.15 * zoom * size, 0.7 * zoom * size  # travel over the video: the speed
-    y0 = rng.uniform(radius, size - radius - travel)
-    x, square = rng.uniform(radius, size - radius), rng.random() < 0.5
-    def fixed_point(xy):  # 4 fractional bits: smooth motion
-        return np.round(np.asarray(xy) * 16).astype(np.int32)
-    for t, frame in enumerate(frames):
-        centre = np.array([x, y0 + t / max(num_frames - 1, 1) * travel])
-        if square:
-            corners = centre + radius * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]])
-            cv2.fillPoly(frame, [fixed_point(corners)], colour, cv2.LINE_AA, 4)
-        else:
-            cv2.circle(frame, tuple(fixed_point(centre).tolist()), int(fixed_point(radius)), colour,
-                       -1, cv2.LINE_AA, 4)
-    return frames
-
-
-def make_synthetic(root, *, train_per_class=100, val_per_class=25, num_frames=32, size=96, seed=0):
-    """A two-class dataset in the folder layout, reused if `root` holds one made with these
-    settings; returns the classes. Pair k of a split is one clip X (synthetic_clip) as
-    {split}/down/{k:04d}.avi and X backwards as {split}/up/{k:04d}.avi: the same frames (and the
-    sampling is symmetric in time), so a frame-wise model with temporal averaging is at chance by
-    construction. Vertical motion, as training flips frames horizontally; intra-only MJPEG, as
-    inter-frame codecs leave direction-dependent artefacts in each frame."""
-    root = os.path.abspath(os.fspath(root))
-    settings = dict(train_per_class=train_per_class, val_per_class=val_per_class,
-                    num_frames=num_frames, size=size, seed=seed, classes=list(SYNTHETIC_CLASSES),
-                    version=SYNTHETIC_VERSION)
-    with contextlib.suppress(OSError, ValueError), open(os.path.join(root, "synthetic.json")) as f:
-        if json.load(f) == settings:
-            return list(SYNTHETIC_CLASSES)
-    if os.path.isdir(root) and os.listdir(root):
-        raise FileExistsError(f"{root}: exists, and is not a synthetic dataset of these settings")
-    killed = glob.glob(os.path.join(os.path.dirname(root), f".tmp-*-{os.path.basename(root)}"))
-    for leftover in killed:
-        shutil.rmtree(leftover, ignore_errors=True)
-    rng = np.random.default_rng(seed)
-    with atomic_path(root) as staging:
-        for split, pairs in (("train", train_per_class), ("val", val_per_class)):
-            for k in tqdm(range(pairs), desc=f"synthetic {split} videos", leave=False):
-                clip = synthetic_clip(rng, num_frames, size)
-                for name, frames in (("down", clip), ("up", clip[::-1])):
-                    os.makedirs(os.path.join(staging, split, name), exist_ok=True)
-                    bgr = (cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) for frame in frames)
-                    write_mjpeg(os.path.join(staging, split, name, f"{k:04d}.avi"), bgr, 25)
-        with open(os.path.join(staging, "synthetic.json"), "w") as f:
-            json.dump(settings, f)
-    return list(SYNTHETIC_CLASSES)
-
-
-# --benchmark
-def benchmark(roots, *, annotations=None, split="train", workers=0, clips=100, img_size=224,
-              num_frames=8, stride=32, gpu_clips=450):
-    """Training clips/s (decoding and augmentation) of each dataset on one core and with `workers`
-    DataLoader workers, taking turns clip by clip so that a shared machine's noise hits all alike
-    (decord: tests/test_loader_speed)."""
-    if clips < 1:
-        raise ValueError(f"--clips {clips}: must be at least 1")
-    torch.set_num_threads(1)
-    sets = {root: KineticsDataset(root, split, annotations=annotations, num_frames=num_frames,
-                                  stride=stride, img_size=img_size) for root in roots}
-    shortest = min(map(len, sets.values()))
-    picks = [turn * 7919 % shortest for turn in range(clips)]  # the same videos, scattered
-    seconds = {root: 0.0 for root in roots}
-    for i in tqdm(picks, desc="one core", leave=False):
-        for root, dataset in sets.items():
-            start = time.perf_counter()
-            dataset[i]  # a broken video: skipped, the next one taken
-            seconds[root] += time.perf_counter() - start
-    for root, dataset in sets.items():
-        one_core = clips / seconds[root]
-        decoded, frames, size = [], 0, 0
-        for i in (i for i in dict.fromkeys(picks) if not dataset.broken[i]):
-            capture, n, seekable = open_video(dataset.videos[i])
-            capture.release()
-            rng = np.random.default_rng([*dataset.epoch_seed, i, i])  # the item's own draw
-            indices = train_clip_indices(n, num_frames, stride, rng)
-            decoded.append(len(np.unique(indices)) if seekable else indices.max() + 1)
-            frames, size = frames + n, size + os.path.getsize(dataset.videos[i])
-        sampler = torch.utils.data.RandomSampler(dataset, replacement=True,
-                                                 num_samples=clips + workers)
-        batches = iter(DataLoader(dataset, batch_size=1, num_workers=workers, sampler=sampler))
-        for _ in range(workers):  # not timed: the workers' start
-            next(batches)
-        start = time.perf_counter()
-        parallel = sum(1 for _ in batches) / (time.perf_counter() - start)
-        per_frame = size / frames
-        print(f"{root}: one core {one_core:.1f} clips/s ({np.mean(decoded):.0f} frames decoded "
-              f"per clip); {workers} workers {parallel:.1f} clips/s; {per_frame / 1e3:.1f} kB per "
-              f"frame ({per_frame * 72e6 / 1e12:.2f} TB for Kinetics-400's 240k clips of 300 "
-              f"frames); {gpu_clips:g} clips/s: {gpu_clips / one_core:.1f} cores")
-
 
 # --lists: list files from the official annotations of UCF101, HMDB51, Something-Something-v2
 def parse_lines(path, parse):
@@ -832,149 +571,5 @@ def parse_lines(path, parse):
     return rows
 
 
-def numbered_names(pairs, path, first):
-    """The names of (number, name) pairs in the order of their numbers first, first + 1, ..."""
-    pairs = sorted((int(number), name) for number, name in pairs)
-    if [number for number, _ in pairs] != list(range(first, first + len(pairs))):
-        raise ValueError(f"{path}: the class numbers are not {first}..{first + len(pairs) - 1}")
-    return [name for _, name in pairs]
-
-
-def ucf101_lists(src, split):
-    """(train, val, classes) of classInd.txt ("1 ApplyEyeMakeup"), trainlist0N.txt ("Class/v_Class_
-    g08_c01.avi 1", 1-based) and testlist0N.txt (paths only, labelled by their folder: the file
-    names of HandstandPushups/ spell HandStandPushups). Paths as listed, which is as on disk."""
-    index_file = os.path.join(src, "classInd.txt")
-    classes = numbered_names(parse_lines(index_file, str.split), index_file, 1)
-    index = {name: label for label, name in enumerate(classes)}
-    by_number = {str(label + 1): label for label in range(len(classes))}
-    train = parse_lines(os.path.join(src, f"trainlist0{split}.txt"), lambda line: (
-        line.rsplit(maxsplit=1)[0], by_number[line.rsplit(maxsplit=1)[1]]))
-    val = parse_lines(os.path.join(src, f"testlist0{split}.txt"),
-                      lambda line: (line, index[line.split("/")[0]]))
-    return train, val, classes
-
-
-def hmdb51_lists(src, split):
-    """(train, val, classes) of <class>_test_split<N>.txt, lines "video.avi 1 ": 1 train, 2 test,
-    0 unused; classes in name order."""
-    suffix = f"_test_split{split}.txt"
-    files = sorted(glob.glob(os.path.join(glob.escape(src), "*" + suffix)))
-    if not files:
-        raise ValueError(f"{src}: no HMDB51 split files *{suffix}")
-    classes, train, val = [os.path.basename(path)[:-len(suffix)] for path in files], [], []
-
-    def parse(line):
-        video, code = line.rsplit(maxsplit=1)
-        return video, {"0": [], "1": train, "2": val}[code]
-    for label, (name, path) in enumerate(zip(classes, files)):
-        for video, rows in parse_lines(path, parse):
-            rows.append((f"{name}/{video}", label))
-    return train, val, classes
-
-
-def ssv2_lists(src, split):
-    """(train, val, classes) of something-something-v2-labels.json ({"class name": "index"}),
-    -train.json and -validation.json (lists of {"id", "label", "template", "placeholders"}): the
-    class is the template without its brackets; the videos are <id>.webm."""
-    if split != "1":
-        raise ValueError(f"--split {split}: Something-Something-v2 has one split")
-    paths = [os.path.join(src, f"something-something-v2-{part}.json")
-             for part in ("labels", "train", "validation")]
-    loaded = {}
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            try:
-                loaded[path] = json.load(f)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}: not JSON ({error})") from None
-    numbered = ((n, name) for name, n in loaded[paths[0]].items())
-    classes = numbered_names(numbered, paths[0], 0)
-    index = {name: label for label, name in enumerate(classes)}
-    try:
-        lists = [[(f"{video['id']}.webm", index[re.sub(r"[][]", "", video["template"])])
-                  for video in loaded[path]] for path in paths[1:]]
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{src}: a video without an id, or of a template not in "
-                         f"{paths[0]} ({error})") from None
-    return *lists, classes
-
-
-LIST_READERS = {"ucf101": ucf101_lists, "hmdb51": hmdb51_lists, "ssv2": ssv2_lists}
-
-
-def write_lists(dataset, src, out, split="1"):
-    """OUT/train.txt and OUT/val.txt ("relative/path label", relative to the video folder) and
-    OUT/classes.txt (line i: the name of label i), each written whole; all read first."""
-    if split not in ("1", "2", "3"):
-        raise ValueError(f"--split {split}: UCF101 and HMDB51 have splits 1, 2 and 3")
-    train, val, classes = LIST_READERS[dataset](src, split)
-    texts = {"classes.txt": "".join(f"{name}\n" for name in classes)}
-    for name, rows in (("train", train), ("val", val)):
-        if not rows:
-            raise ValueError(f"{src}: no {name} videos in split {split}")
-        texts[f"{name}.txt"] = "".join(f"{path} {label}\n" for path, label in rows)
-    for name, text in texts.items():
-        with atomic_path(os.path.join(out, name)) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    print(f"{dataset} split {split}: {len(classes)} classes, {len(train)} train / {len(val)} val "
-          f"videos; {out}/train.txt, val.txt, classes.txt")
-
-
-# command line
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.error = refuse
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--make-synthetic", metavar="DIR",
-                      help="write the synthetic temporal dataset to DIR")
-    mode.add_argument("--resize", nargs=2, metavar=("SRC", "DST"),
-                      help="write the prepared copy of SRC to DST")
-    mode.add_argument("--benchmark", nargs="+", metavar="ROOT",
-                      help="training clips/s of each dataset")
-    mode.add_argument("--lists", nargs=3, metavar=("DATASET", "SRC", "OUT"),
-                      help="list files of ucf101, hmdb51 or ssv2 from its annotations in SRC")
-    parser.add_argument("--seed", type=int, default=0, help="--make-synthetic: random seed")
-    parser.add_argument("--short-side", type=int, default=320,
-                        help="--resize: short side in pixels (default 320)")
-    parser.add_argument("--workers", type=int, help="--resize: processes (default: all cores); "
-                        "--benchmark: DataLoader workers (default 0: one core only)")
-    parser.add_argument("--annotations",
-                        help="--benchmark: the videos' list (Kinetics CSV or list file)")
-    parser.add_argument("--split", help="--benchmark: the split (default train); --lists: 1, 2 or "
-                        "3 (default 1)")
-    for flag, default in (("clips", 100), ("size", 224), ("frames", 8), ("stride", 32)):
-        parser.add_argument(f"--{flag}", type=type(default), default=default,
-                            help=f"--benchmark (default {default})")
-    parser.add_argument("--gpu-clips", type=float, default=450,
-                        help="--benchmark: clips/s the GPU eats (default 450)")
-    try:
-        args = parser.parse_args(argv)
-        if args.make_synthetic:
-            classes = make_synthetic(args.make_synthetic, seed=args.seed)
-            print(f"synthetic classes {classes} in {args.make_synthetic}")
-        elif args.resize:
-            resize_dataset(*args.resize, args.short_side, args.workers or os.cpu_count() or 1)
-        elif args.lists:
-            if args.lists[0] not in LIST_READERS:
-                refuse(f"--lists {args.lists[0]}: choose from {', '.join(LIST_READERS)}")
-            write_lists(*args.lists, split=args.split or "1")
-        else:
-            benchmark(args.benchmark, annotations=args.annotations, split=args.split or "train",
-                      workers=args.workers or 0, clips=args.clips, img_size=args.size,
-                      num_frames=args.frames, stride=args.stride, gpu_clips=args.gpu_clips)
-    except (VideoError, ValueError, OSError) as error:
-        print(f"data.py: error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:  # every file written is whole: the same command goes on
-        print("data.py: interrupted; no partial file left", file=sys.stderr)
-        sys.exit(130)
-
-
 def refuse(message):  # argparse's errors as ValueError: one line and exit status 2, as all errors
     raise ValueError(message)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,5 @@
-"""Test trained models, and measure what every variant costs.
+"""Test trained models: the paper's multi-view test, one video's top-5, reports and tables, and
+pictures of what the heads look at and of training runs.
 
 The multi-view test of the paper (Sec. 4.1): every video gives clips x crops views (10 temporal
 positions x 3 spatial crops = 30 by default); each view is classified, the softmax scores of a
@@ -9,7 +10,6 @@ video's views are averaged, and top-1 / top-5 accuracy is taken over the videos 
     python evaluate.py --checkpoint runs/KV/best.pt --video clip.mp4  # its top-5 classes
     python evaluate.py --checkpoint tokshift_k400.pth.tar --variant tokenshift \
         --shift-layout released --data k400-320 --annotations k400-320/validate.csv
-    python evaluate.py --speed  # step time, memory and FLOP utilisation of all 16 variants
     python evaluate.py --table runs/*/eval.json  # a Markdown table of --json reports
     python evaluate.py --checkpoint runs/KV/best.pt --video clip.mp4 --attention kv.png  # + kv.npz
     python evaluate.py --plot runs/a/log.csv runs/b/log.csv --png curves.png
@@ -19,15 +19,11 @@ import csv
 import io
 import json
 import os
-import statistics
 import sys
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -35,17 +31,10 @@ import data
 import pictures
 import vit
 
-# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, matched against the GPU's
-# name; the first match wins, so the more specific names come first.
-PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
-                    ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0)]
 # A checkpoint without model_args (the authors' releases) holds the paper's model (Sec. 4.1) unless
 # the flags say otherwise; the variant defaults to the one that adds nothing to the ViT.
 PAPER_MODEL = dict(variant="vit", shift_layout="paper", size="B/16", img_size=224, frames=8,
                    stride=32, heads=2, patches=16, shift_div=4)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-OPTIMIZERS = ("sgd", "sgd-fused", "adamw", "adamw-fused")
-AUTHORS = "vit (fp32, math attention)"  # their code: fp32, attention as matmul and softmax
 
 
 def parse_args(argv):
@@ -55,7 +44,6 @@ def parse_args(argv):
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--checkpoint", help="checkpoint to test: train.py's (e.g. runs/KV/best.pt)"
                       " or one the model flags describe (e.g. the authors' .pth.tar)")
-    mode.add_argument("--speed", action="store_true", help="benchmark the cost of every variant")
     mode.add_argument("--table", nargs="+", metavar="JSON",
                       help="print a Markdown table of --json reports")
     mode.add_argument("--plot", nargs="+", metavar="CSV", help="draw these train.py log.csv files")
@@ -76,15 +64,13 @@ def parse_args(argv):
                    help="auto: bf16 on GPUs that have it; fp32 on CPU")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="data loader processes")
-    p.add_argument("--json", help="write the report (test or speed) here as JSON")
+    p.add_argument("--json", help="write the report here as JSON")
     p.add_argument("--per-class", help="write per-class accuracy here as CSV")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-size", type=int, help="test: videos per forward (default 1); "
-                   "speed: clips per step (default 21 on a GPU, 2 on CPU)")
-    add_speed_args(p)
+    p.add_argument("--batch-size", type=int, default=1, help="videos per forward (default 1)")
+    add_model_flags(p)
     args = p.parse_args(argv)
-    for flag in ("clips", "crops", "batch_size", "img_size", "frames", "stride", "shift_div",
-                 "warmup", "repeats"):
+    for flag in ("clips", "crops", "batch_size", "img_size", "frames", "stride", "shift_div"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} {value}: must be a positive integer")
@@ -107,32 +93,17 @@ def refuse_with_video(flags, args):
         raise ValueError(f"--video tests one file: {', '.join(given)} apply to a dataset only")
 
 
-def add_speed_args(p):
-    """The model flags (see PAPER_MODEL; a train.py checkpoint needs none) and the speed flags."""
+def add_model_flags(p):
+    """What a checkpoint without model_args holds (see PAPER_MODEL; a train.py one needs none)."""
     p.add_argument("--variant", choices=vit.VARIANTS, help="model of the checkpoint (default vit)")
     p.add_argument("--shift-layout", choices=vit.LAYOUTS, help="its shift layout (default paper)")
-    p.add_argument("--size", choices=vit.SIZES,
-                   help="ViT size (default B/16; speed: B/16 on a GPU, Ti/16 on CPU)")
-    p.add_argument("--img-size", type=int,
-                   help="frame size (default 224; speed: 224 on a GPU, 112 on CPU)")
+    p.add_argument("--size", choices=vit.SIZES, help="ViT size (default B/16)")
+    p.add_argument("--img-size", type=int, help="frame size (default 224)")
     p.add_argument("--frames", type=int, help="frames per clip (default 8)")
     p.add_argument("--stride", type=int, help="frames between sampled frames (default 32)")
     p.add_argument("--heads", type=int, help="heads MSCA shifts (default 2)")
     p.add_argument("--patches", type=int, help="patches pMSCA shifts (default 16)")
     p.add_argument("--shift-div", type=int, help="TokenShift moves D/div channels (default 4)")
-    p.add_argument("--variants", nargs="+", choices=vit.VARIANTS, default=list(vit.VARIANTS),
-                   help="speed: variants to time against vit (default: all 16)")
-    p.add_argument("--warmup", type=int, default=2, help="speed: untimed steps per variant")
-    p.add_argument("--repeats", type=int, default=10, help="speed: timed steps per variant")
-    p.add_argument("--peak-tflops", type=float,
-                   help="speed: the GPU's dense bf16 peak (default from its name)")
-    p.add_argument("--compile", action="store_true", help="speed: time vit.compile_blocks models")
-    p.add_argument("--compile-mode", choices=COMPILE_MODES,
-                   help="speed: torch.compile's mode (implies --compile)")
-    p.add_argument("--optimizer-step", choices=OPTIMIZERS,
-                   help="speed: time the optimizer's step too (lr 1e-6), e.g. sgd-fused")
-    p.add_argument("--against-authors", action="store_true",
-                   help=f"speed: also time {AUTHORS!r}, as the authors' code runs ViT")
 
 
 def write_text(path, text):  # or bytes
@@ -303,7 +274,7 @@ def test_dataset(args, model, dataset, classes, device, about):
     start = time.time()
     scores, labels, skipped = predict_videos(
         model, dataset, device=device, amp_dtype=vit.amp_dtype(args.amp, device),
-        batch_size=args.batch_size or 1, workers=args.workers, average=args.average)
+        batch_size=args.batch_size, workers=args.workers, average=args.average)
     # the split may hold fewer classes than the checkpoint
     labels = torch.tensor([classes.index(c) for c in dataset.classes])[labels]
     top1 = 100.0 * vit.topk_hits(scores, labels, 1).float().mean().item()
@@ -327,206 +298,6 @@ def test_dataset(args, model, dataset, classes, device, about):
     return report
 
 
-# -----------------------------------------------------------------------------
-# cost benchmark
-
-
-def train_flops(model, frames, img_size, batch_size, num_classes):
-    """Matmul FLOPs of one forward+backward step, counted analytically (2 per multiply-add).
-
-    Per frame, with L = N + 1 tokens of width D, patch size P and MLP width M: patch embedding
-    2*N*3P^2*D; per block 2*L*D*3D (qkv) + 2*L*L*D (QK^T) + 2*L*L*D (AV) + 2*L*D*D (proj)
-    + 2*L*D*M*2 (MLP); head 2*D*C on every frame's class token. Backward costs twice the
-    forward. MSCA only changes which frame some heads/tokens come from and TokenShift moves a
-    few channels, so the count is the same for every variant; the timings show the overhead.
-    """
-    state = model.state_dict()
-    width, patch = state["cls_token"].shape[-1], state["patch_embed.proj.weight"].shape[-1]
-    mlp, depth = state["blocks.0.mlp.fc1.weight"].shape[0], len(model.blocks)
-    n = (img_size // patch) ** 2
-    tokens = n + 1
-    block = (2 * tokens * width * 3 * width + 4 * tokens * tokens * width
-             + 2 * tokens * width * width + 4 * tokens * width * mlp)
-    frame = 2 * n * 3 * patch * patch * width + depth * block + 2 * width * num_classes
-    return 3 * batch_size * frames * frame
-
-
-def train_step(model, video, labels, amp_dtype, optimizer=None):
-    model.zero_grad(set_to_none=True)
-    with vit.autocast(video.device, amp_dtype):
-        loss = F.cross_entropy(model(video).float(), labels)
-    loss.backward()
-    if optimizer is not None:
-        optimizer.step()
-
-
-def make_optimizer(name, model):
-    """One of OPTIMIZERS; lr 1e-6 so that timing steps barely move the weights."""
-    kind, _, fused = name.partition("-")
-    optimizer = torch.optim.SGD if kind == "sgd" else torch.optim.AdamW
-    options = dict(momentum=0.9) if kind == "sgd" else {}
-    return optimizer(model.parameters(), lr=1e-6, fused=bool(fused) or None, **options)
-
-
-def timed_step(model, video, labels, amp_dtype, optimizer=None):
-    """Seconds of one forward+backward step and, on a GPU, its peak bytes beyond the weights."""
-    cuda = video.device.type == "cuda"
-    model.zero_grad(set_to_none=True)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    resident = torch.cuda.memory_allocated() if cuda else 0
-    start = time.perf_counter()
-    train_step(model, video, labels, amp_dtype, optimizer)
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() - resident if cuda else None
-    return seconds, peak
-
-
-def saved_activation_bytes(model, video, labels, amp_dtype):
-    """Bytes autograd keeps for backward (each storage counted once, weights not), any device."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        train_step(model, video, labels, amp_dtype)
-    return sum(storages.values())
-
-
-def attention_backend(variant):
-    """The math backend (matmul, softmax) for AUTHORS; SDPA chooses its kernel for the others."""
-    return sdpa_kernel(SDPBackend.MATH) if variant == AUTHORS else nullcontext()
-
-
-def benchmark_speed(variants, *, size, img_size, frames, batch_size, heads, patches, device,
-                    amp_dtype=None, warmup=2, repeats=10, num_classes=400, peak_tflops=None,
-                    compile_options=None, optimizer=None):
-    """Forward+backward cost of every variant against the first (vit), measured round-robin so
-    that drift hits all alike: median step time, clips/s, saved activations, peak memory (GPU),
-    TFLOP/s, MFU. AUTHORS is ViT as their code runs it: eager, fp32, math attention.
-    compile_options: of vit.compile_blocks (None: eager); optimizer: one of OPTIMIZERS."""
-    torch.manual_seed(0)
-    models = {v: vit.build_model("vit" if v == AUTHORS else v, num_classes, frames, size=size,
-                                 img_size=img_size, heads=heads, patches=patches).to(device).train()
-              for v in variants}
-    dtypes = {v: None if v == AUTHORS else amp_dtype for v in variants}
-    video = torch.rand(batch_size, 3, frames, img_size, img_size, device=device) * 2 - 1
-    labels = torch.randint(num_classes, (batch_size,), device=device)
-    optimizers = {v: optimizer and make_optimizer(optimizer, models[v]) for v in variants}
-
-    def step(v, run=timed_step, **extra):
-        with attention_backend(v):
-            return run(models[v], video, labels, dtypes[v], **extra)
-
-    saved = {v: step(v, saved_activation_bytes) for v in variants}
-    # every block kind is one entry in the compile cache of Block.forward: past the limit the
-    # kinds after the first few would run eagerly
-    dynamo = torch._dynamo.config
-    dynamo.recompile_limit = max(dynamo.recompile_limit, len(variants))
-    for v in variants:
-        if compile_options is not None and v != AUTHORS:
-            vit.compile_blocks(models[v], **compile_options)
-    first_step = {}  # seconds, compilation included
-    for _ in tqdm(range(warmup), desc="warm-up", dynamic_ncols=True):
-        for v in variants:
-            first_step.setdefault(v, step(v, optimizer=optimizers[v])[0])
-    times, peaks = {v: [] for v in variants}, {v: 0 for v in variants}
-    for r in tqdm(range(repeats), desc="timing", dynamic_ncols=True):
-        first = r % len(variants)
-        for v in variants[first:] + variants[:first]:  # rotated: no variant always first
-            seconds, peak = step(v, optimizer=optimizers[v])
-            times[v].append(seconds)
-            peaks[v] = max(peaks[v], peak or 0)
-    flops = train_flops(models[variants[0]], frames, img_size, batch_size, num_classes)
-    steps = {v: statistics.median(times[v]) for v in variants}
-    return speed_rows(steps, first_step, saved, peaks, flops, batch_size, device, peak_tflops)
-
-
-def speed_rows(steps, first_step, saved, peaks, flops, batch_size, device, peak_tflops):
-    """A row per variant of {variant: median step seconds}, ratios against the first."""
-    base = next(iter(steps))
-    rows = []
-    for v, step in steps.items():
-        row = {"variant": v, "step_ms": 1000 * step, "ratio": step / steps[base],
-               "first_step_s": first_step[v],
-               "clips_per_s": batch_size / step, "activation_mib": saved[v] / 2**20,
-               "activation_ratio": saved[v] / saved[base], "tflops": flops / step / 1e12}
-        if device.type == "cuda":
-            row.update(peak_mib=peaks[v] / 2**20, peak_ratio=peaks[v] / peaks[base])
-        if peak_tflops:
-            row["mfu"] = row["tflops"] / peak_tflops
-        rows.append(row)
-    return rows
-
-
-def speed_table(rows):
-    cols = [("variant", "variant", "{}"), ("step ms", "step_ms", "{:.1f}"),
-            ("x ViT", "ratio", "{:.3f}"), ("1st step s", "first_step_s", "{:.1f}"),
-            ("clips/s", "clips_per_s", "{:.1f}"),
-            ("saved activations MiB", "activation_mib", "{:.1f}"),
-            ("x ViT", "activation_ratio", "{:.3f}"), ("peak MiB", "peak_mib", "{:.0f}"),
-            ("x ViT", "peak_ratio", "{:.3f}"), ("TFLOP/s", "tflops", "{:.1f}"),
-            ("MFU", "mfu", "{:.1%}")]
-    cols = [c for c in cols if c[1] in rows[0]]
-    lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
-    for row in rows:
-        lines.append("| " + " | ".join(fmt.format(row[key]) for _, key, fmt in cols) + " |")
-    return "\n".join(lines)
-
-
-def run_speed(args, device):
-    cuda = device.type == "cuda"
-    # on a GPU the paper's B/16 at 224 px with its 21 clips per GPU; on a CPU a small model
-    small = dict(size="Ti/16", img_size=112)
-    settings = model_settings(args, {**PAPER_MODEL, **({} if cuda else small)})
-    size, img_size, frames = settings["size"], settings["img_size"], settings["frames"]
-    batch_size = args.batch_size or (21 if cuda else 2)
-    amp_dtype = vit.amp_dtype(args.amp, device)
-    threads = f"CPU, {torch.get_num_threads()} threads"
-    device_name = torch.cuda.get_device_name(device) if cuda else threads
-    known = (tflops for name, tflops in PEAK_BF16_TFLOPS if cuda and name in device_name)
-    peak = args.peak_tflops or next(known, None)
-    compiled = args.compile or args.compile_mode is not None
-    variants = ["vit"] + [v for v in args.variants if v != "vit"] + [AUTHORS] * args.against_authors
-    rows = benchmark_speed(variants, size=size, img_size=img_size, frames=frames,
-                           batch_size=batch_size, heads=settings["heads"],
-                           patches=settings["patches"], device=device, amp_dtype=amp_dtype,
-                           warmup=args.warmup, repeats=args.repeats, peak_tflops=peak,
-                           optimizer=args.optimizer_step,
-                           compile_options=dict(mode=args.compile_mode) if compiled else None)
-    precision = f"{amp_dtype} autocast" if amp_dtype else "fp32"
-    if compiled:
-        precision += f", vit.compile_blocks (mode {args.compile_mode or 'default'})"
-    if args.optimizer_step:
-        precision += f", with the {args.optimizer_step} optimizer step"
-    title = (f"{device_name}, torch {torch.__version__}, {size} at {img_size} px, "
-             f"{frames} frames, batch {batch_size}, {precision}, "
-             f"median of {args.repeats} interleaved forward+backward steps")
-    if peak:
-        title += f", MFU against a dense bf16 peak of {peak:g} TFLOP/s"
-    print(title, speed_table(rows), sep="\n")
-    ours = [r for r in rows if r["variant"] != AUTHORS]
-    worst = max(ours, key=lambda r: r["ratio"])
-    most = max(r["activation_ratio"] for r in ours)
-    print(f"slowest relative to vit: {worst['variant']} at {worst['ratio']:.3f}x; "
-          f"most activations: {most:.3f}x vit")
-    if args.against_authors:  # on a CPU both run fp32: only the attention backend differs there
-        same = "" if amp_dtype else " (both fp32 here: only the attention backend differs)"
-        print(f"{AUTHORS}: {rows[-1]['ratio']:.3f}x the step time of ours{same}")
-    if args.json:
-        report = {"title": title, "device": device_name, "size": size, "img_size": img_size,
-                  "frames": frames, "batch_size": batch_size, "precision": precision,
-                  "peak_tflops": peak, "rows": rows}
-        write_text(args.json, json.dumps(report, indent=2))
-    return rows
 
 
 def results_table(paths):
@@ -561,8 +332,6 @@ def main(argv=None):
         except (RuntimeError, AssertionError) as error:
             first_line = str(error).splitlines()[0]
             raise ValueError(f"--device {args.device}: not usable ({first_line})") from None
-        if args.speed:
-            return run_speed(args, device)
         return run_test(args, device)
     except (ValueError, OSError, data.VideoError) as error:
         # a worker's error carries the worker's traceback and ends with its message

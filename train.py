@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 import attention
 import data
+import prepare
 import vit
 from shift import LAYOUTS
 
@@ -58,7 +59,7 @@ COMMON = dict(variant="KV", heads=2, patches=16, msca_blocks=None, shift_div=4, 
 SYNTHETIC_VIDEOS = dict(train_per_class=1000, val_per_class=50, num_frames=32, size=96)
 SYNTHETIC_DIR = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), ".cache",
-    "synthetic-v{}-{}-{}-{}x{}".format(data.SYNTHETIC_VERSION, *SYNTHETIC_VIDEOS.values()))
+    "synthetic-v{}-{}-{}-{}x{}".format(prepare.SYNTHETIC_VERSION, *SYNTHETIC_VIDEOS.values()))
 MODEL_FLAGS = ("variant", "size", "img_size", "frames", "heads", "patches", "msca_blocks",
                "shift_div", "shift_layout")
 LOG_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_top1", "val_top5",
@@ -232,7 +233,7 @@ def setup_distributed():
 def open_datasets(args, rank, world, ckpt):
     """Train and validation datasets (validation: None when the data has no val split)."""
     if args.synthetic and rank == 0:
-        data.make_synthetic(args.data, **SYNTHETIC_VIDEOS)  # made once, reused after that
+        prepare.make_synthetic(args.data, **SYNTHETIC_VIDEOS)  # made once, reused after that
     if dist.is_initialized():
         dist.barrier()
     # other ranks' broken videos are reported by rank 0 (KineticsDataset.sync_broken)

@@ -16,7 +16,7 @@ if [ -n "$GPU_CHECK_TINY" ]; then
     rest="QKV"
     videos="'$work/videos', train_per_class=4, val_per_class=1, num_frames=8, size=32"
     recipe="--size Ti/16 --img-size 32 --frames 2 --patches 2 --batch-size 2 --workers 2"
-else  # evaluate.py's GPU defaults: B/16, 8 frames of 224 px, batch 21 (the paper's), bf16
+else  # bench.py's GPU defaults: B/16, 8 frames of 224 px, batch 21 (the paper's), bf16
     model="--repeats 10"
     variants="vit tokenshift KV QKV pKV"  # the goal's; compiled first, in case time runs out
     rest="Q K V QK QV pQ pK pV pQK pQV pQKV"
@@ -43,25 +43,25 @@ step "machine" 5 sh -c 'nvidia-smi --query-gpu=name,driver_version --format=csv,
 # $model and the lists stay unquoted: each is several words on purpose
 # shellcheck disable=SC2086
 step "eager, every variant, and ViT as the authors ran it (fp32, math attention)" 60 \
-    python evaluate.py --speed $model --variants $variants $rest --against-authors \
+    python bench.py $model --variants $variants $rest --against-authors \
     --json "$work/eager.json"
 # shellcheck disable=SC2086
 step "compiled (vit.compile_blocks); 1st step s = compile time, cold cache" 90 \
-    python evaluate.py --speed $model --variants $variants --compile
+    python bench.py $model --variants $variants --compile
 # shellcheck disable=SC2086
 step "compiled, the other variants" 80 \
-    python evaluate.py --speed $model --variants vit $rest --compile
+    python bench.py $model --variants vit $rest --compile
 # shellcheck disable=SC2086
-step "compiled vit, max-autotune" 45 python evaluate.py --speed $tries \
+step "compiled vit, max-autotune" 45 python bench.py $tries \
     --compile-mode max-autotune-no-cudagraphs
 # shellcheck disable=SC2086
-step "compiled vit, CUDA graphs" 35 python evaluate.py --speed $tries --compile-mode reduce-overhead
+step "compiled vit, CUDA graphs" 35 python bench.py $tries --compile-mode reduce-overhead
 for optimizer in sgd sgd-fused; do  # the paper's optimizer, in the full step
     # shellcheck disable=SC2086
-    step "eager vit with the $optimizer step" 20 python evaluate.py --speed $tries \
+    step "eager vit with the $optimizer step" 20 python bench.py $tries \
         --optimizer-step "$optimizer"
 done
-step "synthetic videos" 40 python -c "import data, train; data.make_synthetic($videos)"
+step "synthetic videos" 40 python -c "import prepare, train; prepare.make_synthetic($videos)"
 dir=$(python -c "import train; print(train.SYNTHETIC_DIR)")
 [ -n "$GPU_CHECK_TINY" ] && dir="$work/videos"
 # shellcheck disable=SC2086

@@ -12,7 +12,7 @@ import torch
 import torch._dynamo
 from torch._dynamo.testing import CompileCounterWithBackend
 
-import evaluate
+import bench
 import train
 import vit
 from attention import CrossAttentionShift
@@ -36,7 +36,7 @@ def test_no_variant_saves_more_activations_than_vit(layout):
     """Bytes autograd saves for backward, each storage once (torch.autograd.graph.saved_tensors_hooks)."""
     torch.manual_seed(0)
     video, labels = torch.rand(2, 3, 8, 64, 64) * 2 - 1, torch.tensor([0, 1])
-    saved = {v: evaluate.saved_activation_bytes(vit.build_model(v, 5, 8, size="Ti/16", img_size=64, patches=4,
+    saved = {v: bench.saved_activation_bytes(vit.build_model(v, 5, 8, size="Ti/16", img_size=64, patches=4,
                                                                 shift_layout=layout), video, labels, None)
              for v in vit.VARIANTS}
     assert all(saved[v] <= 1.02 * saved["vit"] for v in vit.VARIANTS), {v: saved[v] / saved["vit"] for v in saved}

@@ -11,7 +11,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import bench
 import data
+import prepare
 from conftest import write_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +87,7 @@ def every_frame(path, backend):
 def test_read_frames_agrees_with_decoding_every_frame(tmp_path, fourcc, ext, backend):
     if fourcc == "prepared":
         numbered_video(tmp_path / "src" / "n.mp4", 60)
-        assert data.resize_dataset(tmp_path / "src", tmp_path / "dst", short_side=48, workers=1) == []
+        assert prepare.resize_dataset(tmp_path / "src", tmp_path / "dst", short_side=48, workers=1) == []
         path = tmp_path / "dst" / "n.avi"
     else:
         path = numbered_video(tmp_path / f"n{ext}", 60, fourcc)
@@ -460,7 +462,7 @@ def test_persistent_workers_draw_each_epochs_augmentation(videos):
 
 
 def small_synthetic(root, seed=0):
-    return data.make_synthetic(root, train_per_class=3, val_per_class=1, num_frames=12, size=32, seed=seed)
+    return prepare.make_synthetic(root, train_per_class=3, val_per_class=1, num_frames=12, size=32, seed=seed)
 
 
 def decode_all(path):
@@ -533,7 +535,7 @@ def test_resize_writes_the_prepared_copy_and_resumes(tmp_path, capsys):
     numbered_video(source / "train" / "b" / "small.mp4", 6)  # 48 px short side: never enlarged
     (source / "train" / "b" / "broken.mp4").write_text("garbage")
     (source / "list.txt").write_text("a/big.mp4 0\n")
-    failures = data.resize_dataset(source, target, short_side=60, workers=1)
+    failures = prepare.resize_dataset(source, target, short_side=60, workers=1)
     assert len(failures) == 1 and "broken.mp4" in failures[0]
     big = data.read_frames(target / "train" / "a" / "big.avi", range(6))
     assert big.shape == (6, 60, 96, 3) and [frame_number(cv2.resize(f, (192, 120))) for f in big] == list(range(6))
@@ -543,16 +545,16 @@ def test_resize_writes_the_prepared_copy_and_resumes(tmp_path, capsys):
     dataset = data.KineticsDataset(target, annotations=target / "list.txt")  # the list still names .mp4 files
     assert [os.path.basename(p) for p in dataset.videos] == ["big.avi"]
     written = os.path.getmtime(target / "train" / "a" / "big.avi")
-    assert len(data.resize_dataset(source, target, short_side=60, workers=1)) == 1  # only the broken one again
+    assert len(prepare.resize_dataset(source, target, short_side=60, workers=1)) == 1  # only the broken one again
     assert os.path.getmtime(target / "train" / "a" / "big.avi") == written
 
 
 def test_benchmark_prints_clips_per_second_per_core_and_per_worker(tmp_path, capsys):
     folder_dataset(tmp_path / "raw", videos_per_class=1, num_frames=40)
-    data.resize_dataset(tmp_path / "raw", tmp_path / "prepared", short_side=48, workers=1)
+    prepare.resize_dataset(tmp_path / "raw", tmp_path / "prepared", short_side=48, workers=1)
     capsys.readouterr()
-    data.benchmark([str(tmp_path / "raw"), str(tmp_path / "prepared")], workers=0, clips=4, img_size=16,
-                   num_frames=4, stride=8)
+    bench.loader_cost([str(tmp_path / "raw"), str(tmp_path / "prepared")], workers=0, clips=4, img_size=16,
+                      num_frames=4, stride=8)
     raw, prepared = capsys.readouterr().out.strip().splitlines()
     for line in (raw, prepared):
         assert "one core" in line and "0 workers" in line and "kB per frame" in line and "cores" in line
@@ -561,7 +563,7 @@ def test_benchmark_prints_clips_per_second_per_core_and_per_worker(tmp_path, cap
 
 
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(REPO, "data.py"), "--benchmark", str(tmp_path / "nowhere")],
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bench.py"), "--loader", str(tmp_path / "nowhere")],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

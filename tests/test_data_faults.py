@@ -1,4 +1,4 @@
-"""Faults of data.py (issue 21), each made real: a full tmpfs, a read-only folder, a file without
+"""Faults of data.py and prepare.py (issue 21), each made real: a full tmpfs, a read-only folder, a file without
 read permission, a real SIGINT to the process group and SIGKILL of the main process, symlinks,
 repeated rows and cut files written here."""
 import contextlib
@@ -13,11 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
+import bench
 import data
+import prepare
 import train
 from conftest import tiny_args, write_video
 
-DATA_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data.py")
+PREPARE_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "prepare.py")
 
 
 def noise_video(path, frames, seed=0, height=96, width=128):
@@ -42,25 +44,26 @@ def without_file_permission_override():
             assert ctypes.CDLL(None).prctl(24, capability, 0, 0, 0) == 0  # PR_CAPBSET_DROP
 
 
-def data_py(*args, **popen):
-    """data.py run as a command, as a user whose file modes are obeyed."""
-    return subprocess.run([sys.executable, DATA_PY, *map(str, args)], capture_output=True,
+def prepare_py(*args, **popen):
+    """prepare.py run as a command, as a user whose file modes are obeyed."""
+    return subprocess.run([sys.executable, PREPARE_PY, *map(str, args)], capture_output=True,
                           text=True, preexec_fn=without_file_permission_override, **popen)
 
 
-def one_line_error(result, *named):
+def one_line_error(result, *named, script="prepare.py"):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert lines[-1].startswith("data.py: error: ") and all(n in lines[-1] for n in named), lines
+    assert lines[-1].startswith(f"{script}: error: ") and all(n in lines[-1] for n in named), lines
     return lines[-1]
 
 
-def main_error(capsys, argv, *named):
-    """data.main in this process (a command costs seconds to start): exit status 2, one line."""
+def main_error(capsys, argv, *named, script=prepare):
+    """prepare.main (or bench.main) in this process (a command costs seconds to start): exit
+    status 2, one line."""
     with pytest.raises(SystemExit) as exit_status:
-        data.main(list(map(str, argv)))
+        script.main(list(map(str, argv)))
     result = subprocess.CompletedProcess(argv, exit_status.value.code, *capsys.readouterr())
-    return result, one_line_error(result, *named)
+    return result, one_line_error(result, *named, script=f"{script.__name__}.py")
 
 
 @contextlib.contextmanager
@@ -107,7 +110,7 @@ def test_resize_onto_a_full_disk_fails_naming_the_file_and_resumes_when_space_is
         assert 0 < len(done) < 8  # what fitted is there, and whole
         assert_every_avi_whole(big_source, disk / "dst")
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        assert data.resize_dataset(big_source, disk / "dst", 96, workers=2) == []
+        assert prepare.resize_dataset(big_source, disk / "dst", 96, workers=2) == []
         assert len(list((disk / "dst").rglob("*.avi"))) == 8
         assert_every_avi_whole(big_source, disk / "dst")
 
@@ -122,11 +125,11 @@ def test_resize_copies_an_annotation_file_whole_or_not_at_all(tmp_path, capsys):
         main_error(capsys, ["--resize", source, disk / "dst"], str(disk / "dst" / "train.csv"))
         assert not (disk / "dst" / "train.csv").exists() and not list(disk.rglob(".tmp-*"))
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        assert data.resize_dataset(source, disk / "dst", 320, workers=1) == []
+        assert prepare.resize_dataset(source, disk / "dst", 320, workers=1) == []
         assert (disk / "dst" / "train.csv").read_bytes() == (source / "train.csv").read_bytes()
         with open(disk / "dst" / "train.csv", "r+b") as f:  # a copy an older version cut short
             f.truncate(1000)
-        assert data.resize_dataset(source, disk / "dst", 320, workers=1) == []
+        assert prepare.resize_dataset(source, disk / "dst", 320, workers=1) == []
         assert (disk / "dst" / "train.csv").read_bytes() == (source / "train.csv").read_bytes()
 
 
@@ -141,27 +144,27 @@ def test_a_target_that_links_into_the_source_is_refused(tmp_path):
     noise_video(tmp_path / "src" / "a" / "0.mp4", 3)
     (tmp_path / "dst").symlink_to(tmp_path / "src" / "copy")
     with pytest.raises(ValueError, match="outside"):
-        data.resize_dataset(tmp_path / "src", tmp_path / "dst", 48, workers=1)
+        prepare.resize_dataset(tmp_path / "src", tmp_path / "dst", 48, workers=1)
     assert sorted(p.name for p in (tmp_path / "src").rglob("*")) == ["0.mp4", "a"]
 
 
 def test_a_copy_is_resumed_only_with_its_own_settings(tmp_path):
     noise_video(tmp_path / "src" / "a" / "0.mp4", 3)
-    assert data.resize_dataset(tmp_path / "src", tmp_path / "dst", 48, workers=1) == []
+    assert prepare.resize_dataset(tmp_path / "src", tmp_path / "dst", 48, workers=1) == []
     noise_video(tmp_path / "src" / "a" / "1.mp4", 3)
     with pytest.raises(ValueError, match="prepared.json.*48.*32"):
-        data.resize_dataset(tmp_path / "src", tmp_path / "dst", 32, workers=1)
+        prepare.resize_dataset(tmp_path / "src", tmp_path / "dst", 32, workers=1)
     assert not (tmp_path / "dst" / "a" / "1.avi").exists()
-    assert data.resize_dataset(tmp_path / "src", tmp_path / "dst", 48, workers=1) == []
+    assert prepare.resize_dataset(tmp_path / "src", tmp_path / "dst", 48, workers=1) == []
     assert data.read_frames(tmp_path / "dst" / "a" / "1.avi", [0]).shape == (1, 48, 64, 3)
     (tmp_path / "other" / "a").mkdir(parents=True)  # not made by --resize: no settings to match
     with pytest.raises(ValueError, match="no prepared.json"):
-        data.resize_dataset(tmp_path / "src", tmp_path / "other", 48, workers=1)
+        prepare.resize_dataset(tmp_path / "src", tmp_path / "other", 48, workers=1)
 
 
 def resize_until_partial_files(source, target):
     """A --resize command in its own process group, once its workers are writing."""
-    process = subprocess.Popen([sys.executable, DATA_PY, "--resize", source, target,
+    process = subprocess.Popen([sys.executable, PREPARE_PY, "--resize", source, target,
                                 "--short-side", "96", "--workers", "2"], start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not list(target.rglob(".tmp-*.avi")) and process.poll() is None:
@@ -176,7 +179,7 @@ def test_ctrl_c_is_one_line_and_leaves_no_partial_file(big_source, tmp_path):
     os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in err and "Error" not in err, err
-    assert err.strip().splitlines()[-1] == "data.py: interrupted; no partial file left"
+    assert err.strip().splitlines()[-1] == "prepare.py: interrupted; no partial file left"
     assert len(list(target.rglob("*.avi"))) < 8
     assert_every_avi_whole(big_source, target)
 
@@ -188,21 +191,21 @@ def test_after_a_sigkill_the_next_run_removes_the_partial_files(big_source, tmp_
     _, err = process.communicate(timeout=60)  # the pipe closes when the workers are gone too
     assert "Traceback" not in err and "Error" not in err, err
     assert list(target.rglob(".tmp-*")), "the kill left no partial file to clean up"
-    assert data.resize_dataset(big_source, target, 96, workers=2) == []
+    assert prepare.resize_dataset(big_source, target, 96, workers=2) == []
     assert len(list(target.rglob("*.avi"))) == 8
     assert_every_avi_whole(big_source, target)
 
 
 def test_a_truncated_source_is_prepared_and_reported(tmp_path, capsys):
     whole = tmp_path / "whole.avi"
-    data.write_mjpeg(str(whole), iter(np.random.default_rng(0).integers(
+    prepare.write_mjpeg(str(whole), iter(np.random.default_rng(0).integers(
         0, 256, (120, 48, 64, 3), np.uint8)), 25)
     content = whole.read_bytes()
     (tmp_path / "src" / "a").mkdir(parents=True)
     (tmp_path / "src" / "a" / "cut.avi").write_bytes(content[:len(content) * 57 // 120])
     decodable = decoded_frames(tmp_path / "src" / "a" / "cut.avi")
     assert 0 < decodable < 120
-    assert data.resize_dataset(tmp_path / "src", tmp_path / "dst", 48, workers=1) == []
+    assert prepare.resize_dataset(tmp_path / "src", tmp_path / "dst", 48, workers=1) == []
     assert data.open_video(tmp_path / "dst" / "a" / "cut.avi")[1] == decodable
     err = capsys.readouterr().err
     assert f"cut.avi: {decodable} frames decode where its header says 120 (truncated?)" in err
@@ -211,11 +214,11 @@ def test_a_truncated_source_is_prepared_and_reported(tmp_path, capsys):
 def test_a_read_only_target_folder_is_one_line_naming_it(tmp_path):
     noise_video(tmp_path / "src" / "a" / "0.mp4", 3)
     noise_video(tmp_path / "src" / "b" / "0.mp4", 3)
-    assert data.resize_dataset(tmp_path / "src", tmp_path / "dst", 48, workers=1) == []
+    assert prepare.resize_dataset(tmp_path / "src", tmp_path / "dst", 48, workers=1) == []
     os.remove(tmp_path / "dst" / "b" / "0.avi")
     os.chmod(tmp_path / "dst" / "b", 0o555)
     try:
-        result = data_py("--resize", tmp_path / "src", tmp_path / "dst", "--short-side", 48)
+        result = prepare_py("--resize", tmp_path / "src", tmp_path / "dst", "--short-side", 48)
     finally:
         os.chmod(tmp_path / "dst" / "b", 0o755)
     one_line_error(result, str(tmp_path / "dst" / "b"), "cannot be written")
@@ -223,15 +226,15 @@ def test_a_read_only_target_folder_is_one_line_naming_it(tmp_path):
 
 
 UNREADABLE = """if 1:
-    import os, sys, data
+    import os, sys, data, prepare
     root = sys.argv[1]
     dataset = data.KineticsDataset(root + "/src", num_frames=2, stride=1, img_size=16)
     print(len(dataset), [dataset[i][1] for i in range(2)], sum(dataset.broken), flush=True)
-    data.main(["--resize", root + "/src", root + "/dst", "--short-side", "48"])
+    prepare.main(["--resize", root + "/src", root + "/dst", "--short-side", "48"])
     with open(root + "/src/notes.txt", "w") as notes:
         notes.write("a file the copy cannot read")
     os.chmod(root + "/src/notes.txt", 0)
-    data.main(["--resize", root + "/src", root + "/dst", "--short-side", "48"])
+    prepare.main(["--resize", root + "/src", root + "/dst", "--short-side", "48"])
 """
 
 
@@ -241,7 +244,7 @@ def test_unreadable_files_name_the_source_and_a_video_is_skipped_as_broken(tmp_p
     os.chmod(secret, 0)
     result = subprocess.run([sys.executable, "-c", UNREADABLE, str(tmp_path)], text=True,
                             capture_output=True, preexec_fn=without_file_permission_override,
-                            cwd=os.path.dirname(DATA_PY))
+                            cwd=os.path.dirname(PREPARE_PY))
     # training: skipped as a broken video, the next one taken
     assert result.stdout.split()[:4] == ["2", "[0,", "0]", "1"], result.stderr
     # --resize: the same, reported by the source's name; an unreadable other file: an error
@@ -329,4 +332,4 @@ def test_a_short_side_that_scales_to_zero_is_one_line(videos, tmp_path, capsys):
 
 
 def test_benchmark_of_no_clips_is_one_line(videos, capsys):
-    main_error(capsys, ["--benchmark", videos, "--clips", 0], "--clips")
+    main_error(capsys, ["--loader", videos, "--clips", 0], "--clips", script=bench)

@@ -1,4 +1,4 @@
-"""Tests for evaluate.py: multi-view scoring, top-k, the 30-view layout, the reports, the cost benchmark."""
+"""Tests for evaluate.py: multi-view scoring, top-k, the 30-view layout, the reports."""
 import json
 import math
 import os
@@ -9,9 +9,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch._dynamo.testing import CompileCounter
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 import data
 import evaluate
@@ -269,7 +266,6 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
         (["--checkpoint", str(tmp_path / "garbage.pt")], "garbage.pt"),
         (["--checkpoint", str(tmp_path / "ck.pt"), "--data", str(tmp_path / "nowhere")], "nowhere"),
         (["--checkpoint", str(tmp_path / "ck.pt"), "--clips", "0"], "--clips"),
-        (["--speed", "--size", "Q/99"], "--size"),
         ([], "--checkpoint"),
     ]
     for argv, named in cases:
@@ -277,75 +273,6 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
         assert result.returncode != 0, argv
         assert "Traceback" not in result.stderr, argv
         assert len(result.stderr.strip().splitlines()) == 1 and named in result.stderr, (argv, result.stderr)
-
-
-# -----------------------------------------------------------------------------
-# the cost benchmark
-
-def test_speed_benchmark_reports_a_ratio_for_every_variant(tmp_path, one_thread):
-    out = tmp_path / "speed.json"
-    rows = evaluate.main(["--speed", "--device", "cpu", "--size", "Ti/16", "--img-size", "32", "--frames", "2",
-                          "--batch-size", "1", "--patches", "2", "--warmup", "1", "--repeats", "1",
-                          "--json", str(out)])
-    saved = json.loads(out.read_text())
-    assert [r["variant"] for r in saved["rows"]] == list(vit.VARIANTS) == [r["variant"] for r in rows]
-    for row in saved["rows"]:
-        assert row["step_ms"] > 0 and math.isfinite(row["ratio"]) and row["ratio"] > 0
-        assert row["clips_per_s"] == pytest.approx(1000 / row["step_ms"])
-    assert saved["rows"][0]["ratio"] == 1.0 and saved["rows"][0]["activation_ratio"] == 1.0
-    # shifting moves activations but keeps their number: every MSCA variant saves as much as ViT for backward
-    # (up to the few bytes of a shifted copy), and none saves less than a small fraction of it
-    for row in saved["rows"]:
-        assert 0.9 < row["activation_ratio"] < 1.5, row
-
-
-def test_compiled_benchmark_compiles_every_variant_and_times_vit_as_the_authors_ran_it(one_thread):
-    counter = CompileCounter()
-    variants = list(vit.VARIANTS) + [evaluate.AUTHORS]
-    rows = evaluate.benchmark_speed(variants, size="Ti/16", img_size=32, frames=2, batch_size=1,
-                                    heads=2, patches=2, device=torch.device("cpu"), warmup=1,
-                                    repeats=1, compile_options=dict(backend=counter))
-    assert counter.frame_count == len(vit.VARIANTS)  # one graph per kind, none left eager
-    assert [r["variant"] for r in rows] == variants and all(r["first_step_s"] > 0 for r in rows)
-    # the math backend keeps the attention probabilities for backward, SDPA's kernel does not
-    assert rows[-1]["activation_ratio"] > 1
-
-
-def test_against_authors_and_an_optimizer_step_on_the_command_line(one_thread, capsys):
-    rows = evaluate.main(["--speed", "--device", "cpu", "--size", "Ti/16", "--img-size", "32",
-                          "--frames", "2", "--batch-size", "1", "--variants", "KV", "--warmup",
-                          "1", "--repeats", "1", "--against-authors", "--optimizer-step",
-                          "adamw-fused"])
-    out = capsys.readouterr().out
-    assert [r["variant"] for r in rows] == ["vit", "KV", evaluate.AUTHORS]
-    assert "with the adamw-fused optimizer step" in out
-    ratio = f"{evaluate.AUTHORS}: {rows[-1]['ratio']:.3f}x the step time of ours"
-    assert f"{ratio} (both fp32 here: only the attention backend differs)" in out
-
-
-@pytest.mark.parametrize("fused", ["sgd", "sgd-fused"])
-def test_the_benchmarks_sgd_steps_as_the_momentum_formula(fused):
-    layer = torch.nn.Linear(3, 2).double()  # float64: the lr-1e-6 steps stay far above rounding
-    optimizer = evaluate.make_optimizer(fused, layer)
-    start, moved, velocity = layer.weight.detach().clone(), 0.0, 0.0
-    for step in range(3):
-        gradient = torch.randn(2, 3, dtype=torch.double)
-        layer.weight.grad, layer.bias.grad = gradient.clone(), torch.zeros(2, dtype=torch.double)
-        optimizer.step()
-        velocity = 0.9 * velocity + gradient  # PyTorch's first step takes the gradient itself
-        moved = moved - 1e-6 * velocity
-    torch.testing.assert_close(layer.weight.detach() - start, moved, rtol=1e-9, atol=0)
-    assert optimizer.defaults["fused"] == (fused == "sgd-fused" or None)
-
-
-def test_analytic_flops_match_pytorchs_flop_counter():
-    frames, batch = 3, 2
-    model = vit.build_model("vit", 5, frames, size="Ti/16", img_size=48)
-    video = torch.rand(batch, 3, frames, 48, 48) * 2 - 1
-    # the math kernel spells attention out as matmuls, which the counter sees
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        model(video)
-    assert evaluate.train_flops(model, frames, 48, batch, 5) == 3 * counter.get_total_flops()
 
 
 def test_the_readme_results_table_is_what_table_makes_of_the_kept_reports():

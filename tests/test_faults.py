@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import data
+import prepare
 import train
 import vit
 from conftest import CLASSES, ramp_frames, tiny_args, write_video
@@ -267,7 +268,7 @@ def test_leftovers_of_killed_runs_are_cleaned_up(videos, tmp_path):
     assert not list(out.glob(".tmp-*"))
     staging = tmp_path / "cache" / ".tmp-k1ll3d-syn"  # what a SIGKILL while making the synthetic data leaves
     staging.mkdir(parents=True)
-    data.make_synthetic(tmp_path / "cache" / "syn", train_per_class=1, val_per_class=1, num_frames=4, size=32)
+    prepare.make_synthetic(tmp_path / "cache" / "syn", train_per_class=1, val_per_class=1, num_frames=4, size=32)
     assert not staging.exists()
 
 
@@ -334,7 +335,7 @@ def test_benchmark_survives_broken_videos(videos, tmp_path):
     shutil.copytree(videos, root)
     (root / "train" / CLASSES[0] / "broken.mp4").write_bytes(b"garbage")
     header_only_video(root / "train" / CLASSES[1] / "empty.avi")
-    result = run("data.py", "--benchmark", str(root), "--clips", "4", "--workers", "0", "--size", "32",
+    result = run("bench.py", "--loader", str(root), "--clips", "4", "--workers", "0", "--img-size", "32",
                  "--frames", "2", "--stride", "2")
     assert result.returncode == 0, result.stderr
     assert "clips/s" in result.stdout and "Traceback" not in result.stderr

@@ -1,6 +1,6 @@
 """The GPU check: what only a GPU can answer. Skipped without CUDA. Run it with the speed table:
 
-    python -m pytest tests/test_gpu.py -s && python evaluate.py --speed
+    python -m pytest tests/test_gpu.py -s && python bench.py
 
 Lines starting "GPU-CHECK" are the numbers the README reports (with the GPU's name).
 """
@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 
-import data
-import evaluate
+import bench
+import prepare
 import train
 import vit
 
@@ -57,8 +57,8 @@ def test_peak_memory_at_the_papers_batch_is_that_of_vit():
     peaks = {}
     for variant in ("vit", "tokenshift", "KV", "pKV"):
         model = vit.build_model(variant, 400, 8).to(CUDA)
-        evaluate.timed_step(model, video, labels, torch.bfloat16)  # warm-up: kernels chosen, workspaces made
-        peaks[variant] = evaluate.timed_step(model, video, labels, torch.bfloat16)[1] / 2 ** 30
+        bench.timed_step(model, video, labels, torch.bfloat16)  # warm-up: kernels chosen, workspaces made
+        peaks[variant] = bench.timed_step(model, video, labels, torch.bfloat16)[1] / 2 ** 30
         del model
         torch.cuda.empty_cache()
     report("peak GiB, B/16 8x224, batch 21, bf16", **{v: round(p, 2) for v, p in peaks.items()})
@@ -82,7 +82,7 @@ def test_compiled_model_matches_eager_on_the_gpu():
 def test_train_end_to_end_at_the_papers_size(tmp_path, compiled):
     """train.py as a user runs it, the paper's recipe (B/16, 8 x 224, 21 clips, accumulation 10, bf16, 8 loader
     workers) on the synthetic videos: its clips/s include the loader, logging and accumulation."""
-    data.make_synthetic(train.SYNTHETIC_DIR, **train.SYNTHETIC_VIDEOS)
+    prepare.make_synthetic(train.SYNTHETIC_DIR, **train.SYNTHETIC_VIDEOS)
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--data", train.SYNTHETIC_DIR,
                              "--out", str(out), "--epochs", "2", "--lr", "0.001", "--variant", "pKV"]
@@ -96,11 +96,11 @@ def test_train_end_to_end_at_the_papers_size(tmp_path, compiled):
 
 
 def test_loader_with_every_core_on_a_prepared_copy(tmp_path):
-    data.make_synthetic(train.SYNTHETIC_DIR, **train.SYNTHETIC_VIDEOS)
+    prepare.make_synthetic(train.SYNTHETIC_DIR, **train.SYNTHETIC_VIDEOS)
     cores = str(os.cpu_count())
-    subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "--resize", train.SYNTHETIC_DIR,
+    subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "--resize", train.SYNTHETIC_DIR,
                     str(tmp_path / "prepared"), "--workers", cores], check=True, capture_output=True, timeout=900)
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "--benchmark", str(tmp_path / "prepared"),
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--loader", str(tmp_path / "prepared"),
                              "--workers", cores, "--clips", "2000"], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report("loader", cores=int(cores), output=result.stdout.strip().splitlines()[-4:])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import data
+import prepare
 import evaluate
 import train
 import vit
@@ -105,7 +106,7 @@ def official_ucf101(src):
 
 def test_ucf101_lists_match_the_official_files_and_every_video_is_found(tmp_path):
     src, videos = write_ucf101(tmp_path, np.random.default_rng(0))
-    data.main(["--lists", "ucf101", str(src), str(tmp_path / "lists")])
+    prepare.main(["--lists", "ucf101", str(src), str(tmp_path / "lists")])
     train_rows, test_rows, classes = official_ucf101(src)
     assert read_list(tmp_path / "lists" / "train.txt") == train_rows
     assert read_list(tmp_path / "lists" / "val.txt") == test_rows
@@ -121,7 +122,7 @@ def test_ucf101_lists_match_the_official_files_and_every_video_is_found(tmp_path
 
 def test_hmdb51_lists_keep_codes_1_and_2_drop_0_and_find_odd_names(tmp_path):
     src, videos = write_hmdb51(tmp_path, np.random.default_rng(1))
-    data.main(["--lists", "hmdb51", str(src), str(tmp_path / "lists"), "--split", "1"])
+    prepare.main(["--lists", "hmdb51", str(src), str(tmp_path / "lists"), "--split", "1"])
     expected = {"1": [], "2": []}
     for label, name in enumerate(sorted(HMDB_VIDEOS)):
         for line in (src / f"{name}_test_split1.txt").read_text().split("\n")[:-1]:
@@ -138,7 +139,7 @@ def test_hmdb51_lists_keep_codes_1_and_2_drop_0_and_find_odd_names(tmp_path):
 
 def test_ssv2_lists_take_the_template_without_brackets(tmp_path):
     src, videos = write_ssv2(tmp_path, np.random.default_rng(2))
-    data.main(["--lists", "ssv2", str(src), str(tmp_path / "lists")])
+    prepare.main(["--lists", "ssv2", str(src), str(tmp_path / "lists")])
     labels = json.loads((src / "something-something-v2-labels.json").read_text())
     for part, name in (("train", "train"), ("validation", "val")):
         entries = json.loads((src / f"something-something-v2-{part}.json").read_text())
@@ -164,7 +165,7 @@ def test_bad_annotations_exit_2_with_one_line_and_write_nothing(case, tmp_path, 
     else:
         (src / "trainlist01.txt").write_text("ApplyEyeMakeup/v_a.avi 7\n")
     with pytest.raises(SystemExit) as exit_info:
-        data.main(argv)
+        prepare.main(argv)
     message = capsys.readouterr().err
     assert exit_info.value.code == 2 and message.count("\n") == 1
     assert {"missing file": "testlist01.txt", "unknown dataset": "kinetics",
@@ -180,7 +181,7 @@ def sideways(rng, frames=6):
 
 def test_flipped_clips_take_the_mirrored_label_and_unpaired_sides_never_flip(tmp_path):
     src, videos = write_ssv2(tmp_path, np.random.default_rng(3), per_class=1, frames=sideways)
-    data.write_lists("ssv2", src, tmp_path / "lists")
+    prepare.write_lists("ssv2", src, tmp_path / "lists")
     dataset = data.KineticsDataset(videos, "train", annotations=tmp_path / "lists" / "train.txt",
                                    num_frames=2, stride=2, img_size=32, short_side=(32, 48))
     mirrored = {0: 1, 1: 0, 3: 3}  # "Turning the camera left ..." has no "... right ..." here
@@ -273,7 +274,7 @@ def test_fine_tune_a_checkpoint_on_ucf101_with_uniform_sampling_then_test(videos
                                                                            capsys):
     assert train.main(tiny_args(videos, tmp_path / "k400", "--epochs", "1")) == 0
     src, ucf = write_ucf101(tmp_path, np.random.default_rng(5))
-    data.write_lists("ucf101", src, tmp_path / "lists")
+    prepare.write_lists("ucf101", src, tmp_path / "lists")
     capsys.readouterr()
     argv = tiny_args(ucf, tmp_path / "ucf", "--epochs", "1", "--sampling", "uniform",
                      "--annotations", str(tmp_path / "lists" / "train.txt"), "--val-annotations",

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import data
+import prepare
 
 av = pytest.importorskip("av")
 decord = pytest.importorskip("decord")
@@ -51,7 +52,7 @@ def decord_item(dataset, i):
 def test_the_prepared_copy_is_six_times_decord_and_the_originals_as_fast(tmp_path):
     for k in range(VIDEOS):
         kinetics_like(tmp_path / "raw" / "train" / "a" / f"{k}.mp4", seed=k)
-    assert data.resize_dataset(tmp_path / "raw", tmp_path / "prepared", short_side=320, workers=2) == []
+    assert prepare.resize_dataset(tmp_path / "raw", tmp_path / "prepared", short_side=320, workers=2) == []
     raw, prepared = (data.KineticsDataset(tmp_path / name) for name in ("raw", "prepared"))
     ways = {"decord, originals": lambda i: decord_item(raw, i), "data.py, originals": raw.__getitem__,
             "data.py, prepared copy": prepared.__getitem__}
