@@ -8,6 +8,7 @@ video's views are averaged, and top-1 / top-5 accuracy is taken over the videos 
     python evaluate.py --checkpoint runs/synthetic-KV/best.pt --json runs/synthetic-KV/eval.json
     python evaluate.py --checkpoint runs/KV/best.pt --data k400 --annotations validate.csv
     python evaluate.py --checkpoint runs/KV/best.pt --video clip.mp4  # its top-5 classes
+    python evaluate.py --checkpoint runs/KV/best.pt --frame-order reversed  # does time matter?
     python evaluate.py --checkpoint tokshift_k400.pth.tar --variant tokenshift \
         --shift-layout released --data k400-320 --annotations k400-320/validate.csv
     python evaluate.py --table runs/*/eval.json  # a Markdown table of --json reports
@@ -35,6 +36,7 @@ import vit
 # the flags say otherwise; the variant defaults to the one that adds nothing to the ViT.
 PAPER_MODEL = dict(variant="vit", shift_layout="paper", size="B/16", img_size=224, frames=8,
                    stride=32, heads=2, patches=16, shift_div=4)
+ORDERS = ("original", "reversed", "shuffled")  # --frame-order
 
 
 def parse_args(argv):
@@ -68,22 +70,57 @@ def parse_args(argv):
     p.add_argument("--per-class", help="write per-class accuracy here as CSV")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=1, help="videos per forward (default 1)")
+    p.add_argument("--frame-order", choices=ORDERS, default="original",
+                   help="feed each view's T frames as sampled (default), reversed, or shuffled "
+                   "by one permutation per video (from --seed and the video's index)")
+    p.add_argument("--seed", type=int, default=0, help="of --frame-order shuffled (default 0)")
     add_model_flags(p)
     args = p.parse_args(argv)
     for flag in ("clips", "crops", "batch_size", "img_size", "frames", "stride", "shift_div"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} {value}: must be a positive integer")
-    for flag, needs in (("plot", "png"), ("png", "plot"), ("attention", "video")):
-        if getattr(args, flag) and not getattr(args, needs):
+    if args.seed < 0:
+        p.error(f"--seed {args.seed}: must be >= 0")
+    for flag, needs in (("plot", "png"), ("png", "plot"), ("attention", "video"),
+                        ("block", "attention")):
+        if getattr(args, flag) is not None and not getattr(args, needs):
             p.error(f"--{flag} needs --{needs}")
+    if args.attention and args.json:
+        p.error("--json: --attention writes no report; its numbers go to the .npz beside it")
     if args.video and (args.per_class or args.split):
         refuse_with_video(["per_class", "split"], args)
     args.npz = args.attention and os.path.splitext(args.attention)[0] + ".npz"
-    for path in (args.json, args.per_class, args.png, args.attention, args.npz):  # before the test
-        if path:
-            data.check_writable(path)
+    args.order = {"frame_order": args.frame_order}  # as the reports record it
+    if args.frame_order == "shuffled":
+        args.order["seed"] = args.seed
+    check_outputs(args)
     return args
+
+
+def check_outputs(args):
+    """Refuses an output that is an input of the command or another of its outputs (compared as
+    files: a symlink or hard link is the file it names); then checks each can be written, all
+    before the test."""
+    inputs = [("--checkpoint", args.checkpoint), ("--video", args.video),
+              ("--annotations", args.annotations)]
+    inputs += [("--plot", path) for path in args.plot or []]
+    inputs += [("--table", path) for path in args.table or []]
+    outputs = [("--json", args.json), ("--per-class", args.per_class), ("--png", args.png),
+               ("--attention", args.attention), ("the numbers of --attention", args.npz)]
+    outputs = [(flag, path) for flag, path in outputs if path]
+    for i, (flag, path) in enumerate(outputs):
+        for other_flag, other in inputs + outputs[:i]:
+            if other and same_file(path, other):
+                raise ValueError(f"{flag} {path}: the same file as {other_flag} {other}")
+    for _, path in outputs:
+        data.check_writable(path)
+
+
+def same_file(a, b):
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
 def refuse_with_video(flags, args):
@@ -123,12 +160,15 @@ def model_settings(args, defaults):
 
 def describe_model(args, ckpt):
     """(model_args, stride, classes): a train.py checkpoint's own, where a flag that says otherwise
-    is refused; else the model flags' over PAPER_MODEL, and the classes of --annotations."""
+    is refused; else the model flags' over PAPER_MODEL, and the classes of the dataset: those its
+    --annotations (a list's classes.txt) or its class folders name."""
     path = args.checkpoint
     if not (isinstance(ckpt, dict) and "model_args" in ckpt):
-        if not (args.data and args.annotations):
+        folders = args.data and os.path.isdir(os.path.join(args.data, args.split or "val"))
+        if not (args.data and args.annotations or folders):
             raise ValueError(f"--checkpoint {path}: holds no classes (not a train.py checkpoint): "
-                             "pass --data and --annotations of the labels it was trained on")
+                             "pass the --data it was trained on, with its --annotations unless "
+                             "its class folders name them")
         settings = model_settings(args, PAPER_MODEL)
         frames, stride = settings.pop("frames"), settings.pop("stride")
         return dict(settings, num_frames=frames), stride, None
@@ -145,13 +185,42 @@ def describe_model(args, ckpt):
     return model_args, stride, ckpt["classes"]
 
 
+def reorder(views, order, seed, index):
+    """views (..., 3, T, S, S) with their T frames in --frame-order: the same permutation for all
+    views of a video, for shuffled drawn from (seed, the video's index) alone."""
+    if order == "original":
+        return views
+    steps = np.arange(views.size(-3))[::-1]
+    if order == "shuffled":
+        steps = np.random.default_rng([seed, index]).permutation(views.size(-3))
+    return views[..., torch.from_numpy(steps.copy()), :, :]
+
+
+class InFrameOrder(torch.utils.data.Dataset):
+    """A test dataset's items in --frame-order. Item i is reordered by its index, in whichever
+    DataLoader worker loads it: the numbers do not depend on the workers."""
+
+    def __init__(self, dataset, order, seed):
+        self.dataset, self.order, self.seed = dataset, order, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        if item is None:
+            return None
+        return reorder(item[0], self.order, self.seed, index), item[1]
+
+
 @torch.no_grad()
 def predict_videos(model, dataset, *, device, amp_dtype=None, batch_size=1, workers=0,
-                   average="softmax"):
+                   average="softmax", frame_order="original", seed=0):
     """The multi-view test over a KineticsDataset(train=False): scores (videos, classes), labels,
     and the number of broken videos skipped. Only videos that decode are scored."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                        collate_fn=data.collate_readable, pin_memory=device.type == "cuda")
+    loader = DataLoader(InFrameOrder(dataset, frame_order, seed), batch_size=batch_size,
+                        num_workers=workers, collate_fn=data.collate_readable,
+                        pin_memory=device.type == "cuda")
     scores, labels, skipped = [], [], 0
     for views, label, dropped in tqdm(loader, desc="test", unit="batch", dynamic_ncols=True):
         skipped += dropped
@@ -180,31 +249,35 @@ def per_class_csv(scores, labels, classes):
     return out.getvalue()
 
 
-def classify_video(model, path, classes, view_args, device, amp_dtype, average):
-    """The top-5 classes of one video by the multi-view test, printed and returned."""
-    views = data.test_views(path, **view_args)
-    with torch.no_grad(), vit.autocast(device, amp_dtype):
-        scores = vit.video_scores(model, views[None].to(device), average)[0]
+def classify_video(model, args, classes, view_args, device):
+    """The top-5 classes of one video (index 0 for --frame-order) by the multi-view test, printed
+    and returned."""
+    views = reorder(data.test_views(args.video, **view_args), args.frame_order, args.seed, 0)
+    with torch.no_grad(), vit.autocast(device, vit.amp_dtype(args.amp, device)):
+        scores = vit.video_scores(model, views[None].to(device), args.average)[0]
     top = scores.topk(min(5, len(classes)))
     top5 = {classes[i]: p for p, i in zip(top.values.tolist(), top.indices.tolist())}
     for name, p in top5.items():
         print(f"{p:8.4f}  {name}")  # probability, or mean logit with --average logits
-    return {"video": path, "top5": top5}
+    return {"video": args.video, "top5": top5, **args.order}
 
 
 def draw_attention(model, args, view_args, variant, device):
-    """--attention: one block's class-token attention on the centre view (1 clip, 1 crop)."""
+    """--attention: one block's class-token attention on the centre view (1 clip, 1 crop), its
+    frames in --frame-order (video index 0): the npz and the picture hold them as fed."""
     block = len(model.blocks) - 1 if args.block is None else args.block
     if not 0 <= block < len(model.blocks):
         raise ValueError(f"--block {block}: the model has blocks 0..{len(model.blocks) - 1}")
     view = data.test_views(args.video, **{**view_args, "clips": 1, "crops": 1})[0]
+    view = reorder(view, args.frame_order, args.seed, 0)
     frames = ((view.permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
     video = data.to_tensor(frames / 255.0)[None]  # the same view, rebuilt from the saved frames
     weights, key_frame = vit.class_token_attention(model, video.to(device), block)
     weights, key_frame = weights[0].float().cpu().numpy(), key_frame.numpy()
     with data.atomic_path(args.npz) as tmp:
         np.savez(tmp, frames=frames, attention=weights, key_frame=key_frame)
-    title = f"{os.path.basename(args.video)}: {variant}, class-token attention of block {block}"
+    title = (f"{os.path.basename(args.video)}: {variant}, class-token attention of block {block}, "
+             f"frames {args.frame_order}")
     write_text(args.attention, pictures.attention_picture(frames, weights, key_frame, title))
     print(f"wrote {args.attention} and {args.npz}")
 
@@ -224,9 +297,9 @@ def plot_runs(paths, png):
     """--plot: train loss, train and val top-1 per epoch of every log.csv, a colour per run."""
     if len(paths) > len(pictures.COLOURS):
         raise ValueError(f"--plot: at most {len(pictures.COLOURS)} runs, one colour each")
-    runs = [read_curves(path) for path in paths]
+    runs = [pictures.drawable(read_curves(path)) for path in paths]
     if not any(curve for curves in runs for curve in curves.values()):
-        raise ValueError(f"--plot {paths[0]}: no epochs to draw")
+        raise ValueError(f"--plot {paths[0]}: no epoch with a finite value to draw")
     write_text(png, pictures.curves_picture(runs, paths))
     print(f"wrote {png}")
 
@@ -236,7 +309,6 @@ def run_test(args, device):
         raise ValueError(f"--checkpoint {args.checkpoint}: no such file")
     ckpt = vit.load_torch_file(args.checkpoint)
     model_args, stride, classes = describe_model(args, ckpt)
-    amp_dtype = vit.amp_dtype(args.amp, device)
     trained = ckpt.get("args", {}) if isinstance(ckpt, dict) else {}  # a train.py run's flags
     view_args = dict(num_frames=model_args["num_frames"], stride=stride,
                      img_size=model_args["img_size"], clips=args.clips, crops=args.crops,
@@ -255,8 +327,7 @@ def run_test(args, device):
     if args.attention:
         return draw_attention(model, args, view_args, model_args["variant"], device)
     if args.video:
-        report = classify_video(model, args.video, classes, view_args, device, amp_dtype,
-                                args.average)
+        report = classify_video(model, args, classes, view_args, device)
         if args.json:
             write_text(args.json, json.dumps(report, indent=2))
         return report
@@ -274,7 +345,8 @@ def test_dataset(args, model, dataset, classes, device, about):
     start = time.time()
     scores, labels, skipped = predict_videos(
         model, dataset, device=device, amp_dtype=vit.amp_dtype(args.amp, device),
-        batch_size=args.batch_size, workers=args.workers, average=args.average)
+        batch_size=args.batch_size, workers=args.workers, average=args.average,
+        frame_order=args.frame_order, seed=args.seed)
     # the split may hold fewer classes than the checkpoint
     labels = torch.tensor([classes.index(c) for c in dataset.classes])[labels]
     top1 = 100.0 * vit.topk_hits(scores, labels, 1).float().mean().item()
@@ -283,13 +355,13 @@ def test_dataset(args, model, dataset, classes, device, about):
         top5 = 100.0 * vit.topk_hits(scores, labels, 5).float().mean().item()
     report = {"top1": top1, "top5": top5, "views": args.clips * args.crops,
               "clips": args.clips, "crops": args.crops, "average": args.average,
-              "sampling": dataset.sampling, "videos": len(labels), "skipped": skipped,
-              **about, "seconds": round(time.time() - start, 1)}
+              "sampling": dataset.sampling, **args.order, "videos": len(labels),
+              "skipped": skipped, **about, "seconds": round(time.time() - start, 1)}
     top5_text = f"(top-5: {len(classes)} classes)"
     if top5 is not None:
         top5_text = f"top-5 {top5:.2f}%"
-    print(f"{report['variant']}: top-1 {top1:.2f}%  {top5_text}  over {len(labels)} videos x "
-          f"{report['views']} views ({skipped} broken videos skipped)")
+    print(f"{report['variant']}, frames {args.frame_order}: top-1 {top1:.2f}%  {top5_text}  over "
+          f"{len(labels)} videos x {report['views']} views ({skipped} broken videos skipped)")
     reports = {args.json: json.dumps(report, indent=2),
                args.per_class: per_class_csv(scores, labels, classes)}
     for path, text in reports.items():
@@ -298,19 +370,22 @@ def test_dataset(args, model, dataset, classes, device, about):
     return report
 
 
-
-
 def results_table(paths):
     """A Markdown table of evaluate.py --json test reports."""
-    lines = ["| variant | top-1 % | top-5 % | videos | views | skipped | checkpoint (epoch) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | frame order | top-1 % | top-5 % | videos | views | skipped "
+             "| checkpoint (epoch) |", "|---|---|---|---|---|---|---|---|"]
     for path in paths:
+        if not os.path.exists(path):
+            raise ValueError(f"--table {path}: no such file")
         try:
             with open(path) as f:
                 r = json.load(f)
             top5 = "-" if r["top5"] is None else f"{r['top5']:.1f}"
+            order = r.get("frame_order", "original")  # reports from before --frame-order
+            if order == "shuffled":
+                order = f"shuffled (seed {r['seed']})"
             checkpoint = f"{r['checkpoint']} ({r.get('epoch')})"
-            lines.append(f"| {r['variant']} | {r['top1']:.1f} | {top5} | {r['videos']} "
+            lines.append(f"| {r['variant']} | {order} | {r['top1']:.1f} | {top5} | {r['videos']} "
                          f"| {r['views']} | {r['skipped']} | {checkpoint} |")
         except (OSError, ValueError, KeyError, TypeError) as error:
             problem = f"not an evaluate.py --json report ({type(error).__name__})"

@@ -9,6 +9,7 @@ CURVES = {"train_loss": "train loss", "train_top1": "train top-1 %", "val_top1":
 COLOURS = ((200, 90, 0), (0, 110, 240), (40, 150, 40), (30, 30, 210), (160, 0, 160), (0, 0, 0))
 FONT = dict(fontFace=cv2.FONT_HERSHEY_SIMPLEX, thickness=1, lineType=cv2.LINE_AA)
 TILE = 128  # pixels per map: room for its two lines of labels
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a float32 loss beyond it is inf
 
 
 def text_band(lines, width, scale=0.4, colour=(0, 0, 0)):
@@ -52,10 +53,12 @@ def attention_maps(frames, weights, key_frame):
 
 
 def round_ticks(low, high, least_step):
-    """Ticks 1, 2 or 5 times a power of ten apart (at least least_step), around low..high."""
+    """Ticks 1, 2 or 5 times a power of ten apart, around low..high; at least least_step and a
+    millionth of the largest value apart (a float64 holds no finer steps of values that large)."""
+    least_step = max(least_step, 1e-6 * max(abs(low), abs(high)))
     high = max(high, low + least_step)
     rough = max((high - low) / 5, least_step)
-    step = min(m * 10 ** math.ceil(math.log10(rough / m)) for m in (1, 2, 5))
+    step = min(m * 10.0 ** math.ceil(math.log10(rough / m)) for m in (1, 2, 5))
     return np.arange(math.floor(low / step), math.ceil(high / step) + 1) * step
 
 
@@ -82,6 +85,8 @@ def curve_panel(runs, column, width=420, height=300):
     for curves, colour in zip(runs, COLOURS):
         line = np.array([pixel(*p) for p in curves[column]], np.int32)
         cv2.polylines(panel, [line], False, colour, 2, cv2.LINE_AA)
+        if len(line) == 1:  # a lone point draws no line
+            cv2.circle(panel, tuple(line[0].tolist()), 4, colour, -1, cv2.LINE_AA)
     cv2.putText(panel, "epoch", (width // 2 - 20, height - 4), fontScale=0.45, color=0, **FONT)
     return np.concatenate([text_band([f"{CURVES[column]} per epoch"], width, 0.55), panel])
 
@@ -93,8 +98,16 @@ def attention_picture(frames, weights, key_frame, title) -> bytes:
     return png(np.concatenate([text_band([title, key], maps.shape[1]), maps]))
 
 
+def drawable(curves):
+    """{column: [(epoch, value)]} of a run less the values no axis holds: NaN, inf, and beyond
+    float32."""
+    return {c: [(e, v) for e, v in curve if abs(v) <= FLOAT32_MAX] for c, curve in curves.items()}
+
+
 def curves_picture(runs, names) -> bytes:
-    """runs: per run {column of CURVES: [(epoch, value)]}; a panel per column that has values."""
+    """runs: per run {column of CURVES: [(epoch, value)]}; a panel per column that has values,
+    drawn as far as they are drawable."""
+    runs = [drawable(curves) for curves in runs]
     panels = np.concatenate([curve_panel(runs, c) for c in CURVES
                              if any(curves[c] for curves in runs)], axis=1)
     legend = [text_band([f"---- {name}"], panels.shape[1], 0.5, colour)
