@@ -107,7 +107,7 @@ def check_outputs(args):
     inputs += [("--plot", path) for path in args.plot or []]
     inputs += [("--table", path) for path in args.table or []]
     outputs = [("--json", args.json), ("--per-class", args.per_class), ("--png", args.png),
-               ("--attention", args.attention), ("the numbers of --attention", args.npz)]
+               ("--attention", args.attention), ("the .npz of --attention", args.npz)]
     outputs = [(flag, path) for flag, path in outputs if path]
     for i, (flag, path) in enumerate(outputs):
         for other_flag, other in inputs + outputs[:i]:

@@ -56,7 +56,9 @@ def round_ticks(low, high, least_step):
     """Ticks 1, 2 or 5 times a power of ten apart, around low..high; at least least_step and a
     millionth of the largest value apart (a float64 holds no finer steps of values that large)."""
     least_step = max(least_step, 1e-6 * max(abs(low), abs(high)))
-    high = max(high, low + least_step)
+    if high - low < least_step:  # one value: in the middle, a tenth of it to either side
+        pad = max(least_step, abs(low) / 10)
+        low, high = low - pad, high + pad
     rough = max((high - low) / 5, least_step)
     step = min(m * 10.0 ** math.ceil(math.log10(rough / m)) for m in (1, 2, 5))
     return np.arange(math.floor(low / step), math.ceil(high / step) + 1) * step

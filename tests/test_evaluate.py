@@ -217,7 +217,7 @@ def test_test_run_reports_match_a_naive_per_view_loop(tmp_path):
         per_class[label][1] += hit
     assert saved["top1"] == pytest.approx(100 * right / 6)
     table = evaluate.results_table([str(tmp_path / "out" / "eval.json")]).splitlines()
-    assert table[2].startswith(f"| KV | {saved['top1']:.1f} | - | 6 | 6 | 1 |")
+    assert table[2].startswith(f"| KV | original | {saved['top1']:.1f} | - | 6 | 6 | 1 |")
     lines = (tmp_path / "pc.csv").read_text().splitlines()
     assert lines[0] == "class,videos,top1,top5"
     for c, line in enumerate(lines[1:]):
@@ -306,3 +306,96 @@ def test_one_video_prints_its_top_classes_as_a_naive_30_view_loop_does(tmp_path)
         (tmp_path / "clip.txt").write_text("not a video")
         result = run_cli("--checkpoint", str(tmp_path / "ck.pt"), "--video", str(tmp_path / bad))
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and bad in result.stderr
+
+
+# -----------------------------------------------------------------------------
+# flags that would lose a file or be ignored
+
+def refused(capsys, *argv):
+    """evaluate.py's one-line error (exit status 2) for these flags."""
+    with pytest.raises(SystemExit) as exit_status:
+        evaluate.main([str(arg) for arg in argv])
+    assert exit_status.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    return error
+
+
+def snapshot(folder):
+    """{path: bytes} of every file under `folder`, and every folder as None."""
+    found = {}
+    for root, folders, files in os.walk(folder):
+        found.update({os.path.join(root, name): None for name in folders})
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                found[os.path.join(root, name)] = f.read()
+    return found
+
+
+def test_an_output_that_is_an_input_or_another_output_is_refused_with_nothing_written(tmp_path,
+                                                                                       capsys):
+    save_checkpoint(tmp_path / "ck.pt", ["a", "b", "c"])
+    make_split(tmp_path / "set", ["a", "b", "c"], per_class=1)
+    clip = tmp_path / "set" / "val" / "a" / "0.mp4"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.csv").write_text("epoch,train_loss,train_top1,val_top1\n1,1,2,3\n")
+    os.symlink(tmp_path / "ck.pt", tmp_path / "link.json")
+    os.link(tmp_path / "ck.pt", tmp_path / "hard.json")
+    checkpoint, test = ["--checkpoint", tmp_path / "ck.pt"], ["--video", clip, "--device", "cpu"]
+    cases = [
+        ([*checkpoint, *test, "--json", f"{tmp_path}/run/../ck.pt"], "--checkpoint"),
+        ([*checkpoint, *test, "--json", tmp_path / "link.json"], "--checkpoint"),
+        ([*checkpoint, *test, "--json", tmp_path / "hard.json"], "--checkpoint"),
+        ([*checkpoint, *test, "--json", clip], "--video"),
+        (["--plot", tmp_path / "run" / "log.csv", "--png", tmp_path / "run" / "log.csv"], "--plot"),
+        ([*checkpoint, "--data", tmp_path / "set", "--workers", "0", "--device", "cpu",
+          "--json", tmp_path / "new" / "r.json", "--per-class", tmp_path / "new" / "r.json"],
+         "--json"),
+        ([*checkpoint, *test, "--attention", tmp_path / "new" / "x.npz"], "--attention"),
+    ]
+    before = snapshot(tmp_path)
+    for argv, other in cases:
+        error = refused(capsys, *argv)
+        assert "the same file as" in error and other in error, (argv, error)
+        assert snapshot(tmp_path) == before, argv  # nor a folder made for an output
+
+
+def test_flags_that_would_be_ignored_are_refused(tmp_path, capsys):
+    save_checkpoint(tmp_path / "ck.pt", ["a", "b", "c"])
+    make_split(tmp_path / "set", ["a"], per_class=1)
+    clip = tmp_path / "set" / "val" / "a" / "0.mp4"
+    common = ["--checkpoint", tmp_path / "ck.pt", "--video", clip, "--device", "cpu"]
+    before = snapshot(tmp_path)
+    for block in ("0", "3"):
+        assert "--block needs --attention" in refused(capsys, *common, "--block", block)
+    error = refused(capsys, *common, "--attention", tmp_path / "a.png",
+                    "--json", tmp_path / "a.json")
+    assert "--json" in error and "--attention" in error
+    assert snapshot(tmp_path) == before
+    assert "no such file" in refused(capsys, "--table", tmp_path / "missing.json")
+
+
+def test_the_authors_checkpoint_takes_its_classes_from_class_folders(tmp_path, capsys):
+    """A file without classes on a folder layout (root/val/<class>/...): the classes are the
+    folders', as train.py's checkpoint of the same weights with those classes has them."""
+    classes = ["a", "b", "c"]
+    make_split(tmp_path / "set", classes, per_class=1)
+    net = released.VideoNet(192, 3, 12, 32, classes=3, frames=2, tokshift=True)
+    theirs = released.save_their_checkpoint(net, tmp_path / "tokshift.pth.tar")
+    model_args = dict(variant="tokenshift", num_classes=3, num_frames=2, size="Ti/16", img_size=32,
+                      heads=2, patches=16, shift_div=4, msca_blocks=None, shift_layout="released")
+    model = vit.load_pretrained(vit.build_model(**model_args), theirs)
+    torch.save({"model": model.state_dict(), "model_args": model_args, "classes": classes,
+                "args": {"stride": 2, "data": None}}, tmp_path / "ck.pt")
+    common = ["--data", str(tmp_path / "set"), "--clips", "2", "--crops", "1", "--workers", "0",
+              "--device", "cpu"]
+    flags = ["--variant", "tokenshift", "--shift-layout", "released", "--size", "Ti/16",
+             "--img-size", "32", "--frames", "2", "--stride", "2"]
+    for path, extra in ((tmp_path / "ck.pt", []), (theirs, flags)):
+        evaluate.main(["--checkpoint", str(path), *extra, *common, "--per-class", f"{path}.csv"])
+    assert (tmp_path / "ck.pt.csv").read_text() == open(f"{theirs}.csv").read()
+    assert (tmp_path / "ck.pt.csv").read_text().splitlines()[1].startswith("a,1,")
+    os.rename(tmp_path / "set" / "val", tmp_path / "set" / "videos")  # no folder names classes
+    capsys.readouterr()
+    error = refused(capsys, "--checkpoint", theirs, *flags, *common)
+    assert "--annotations" in error and "tokshift.pth.tar" in error

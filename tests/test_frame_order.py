@@ -185,3 +185,22 @@ def test_a_kv_model_that_tells_up_from_down_swaps_its_answers_reversed(tmp_path,
         evaluate.main(["--checkpoint", str(tmp_path / "kv.pt"), "--video", clip, "--clips", "2",
                        "--crops", "1", "--frame-order", order, "--device", "cpu"])
         assert capsys.readouterr().out.split()[1] == answer
+
+
+def test_attention_draws_the_centre_view_in_the_frame_order(noise_videos, tmp_path):
+    """The npz holds the frames as fed: reversed, those of the original run backwards, and the
+    attention the model gives that reversed clip."""
+    model, model_args = random_model("KV")
+    save_checkpoint(tmp_path / "ck.pt", model, model_args, ["a", "b", "c"])
+    saved = {}
+    for order in ("original", "reversed"):
+        evaluate.main(["--checkpoint", str(tmp_path / "ck.pt"), "--device", "cpu",
+                       "--video", str(noise_videos / "val" / "c" / "0.mp4"), "--frame-order",
+                       order, "--attention", str(tmp_path / f"{order}.png")])
+        saved[order] = np.load(tmp_path / f"{order}.npz")
+    backwards = saved["original"]["frames"][::-1]
+    assert np.array_equal(saved["reversed"]["frames"], backwards)
+    video = torch.from_numpy(backwards.copy()).permute(3, 0, 1, 2)[None] / 255.0 * 2 - 1
+    weights, _ = vit.class_token_attention(model, video, len(model.blocks) - 1)
+    np.testing.assert_allclose(saved["reversed"]["attention"], weights[0].numpy(), atol=1e-5)
+    assert not np.allclose(saved["reversed"]["attention"], saved["original"]["attention"][::-1])

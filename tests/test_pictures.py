@@ -190,3 +190,32 @@ def test_plot_draws_both_runs_in_their_colours(tmp_path, capsys):
     assert "bad.csv" in refused(capsys, "--plot", str(tmp_path / "bad.csv"),
                                 "--png", str(tmp_path / "x.png"))
     assert not (tmp_path / "x.png").exists()
+
+
+def panel_pixels(picture, colour):
+    """Pixels of exactly `colour` in each of the three panels (the legend below left out)."""
+    panels = picture[:330]  # a title band and 300 rows of plot; the legend starts below
+    return [int((panels[:, i * 420:(i + 1) * 420] == colour).all(-1).sum()) for i in range(3)]
+
+
+@pytest.mark.parametrize("loss", ["nan", "inf", "-inf", "1e30", "-1e30", "1e39"])
+def test_plot_draws_the_finite_values_of_a_log_with_nan_inf_or_huge_losses(tmp_path, loss):
+    """A real log.csv whose epoch-2 loss is `loss`; 1e39 is beyond float32, where a float32
+    loss is inf. The picture shows every run's finite values."""
+    rows = ["1,10,0.1,0.9,40.0,50.00,100,1,0,1", f"2,20,0.1,{loss},70.0,60.00,100,1,0,1",
+            "3,30,0.1,0.2,95.0,90.00,100,1,0,1"]
+    (tmp_path / "log.csv").write_text(LOG_HEADER + "\n".join(rows) + "\n")
+    evaluate.main(["--plot", str(tmp_path / "log.csv"), "--png", str(tmp_path / "curves.png")])
+    picture = cv2.imread(str(tmp_path / "curves.png"))
+    assert picture is not None and picture.shape[1] == 3 * 420
+    assert min(panel_pixels(picture, pictures.COLOURS[0])) > 300  # a line in every panel
+
+
+def test_plot_of_one_epoch_marks_the_lone_point_and_refuses_a_log_of_nan_only(tmp_path, capsys):
+    (tmp_path / "one.csv").write_text(LOG_HEADER + "1,10,0.1,0.9,40.0,50.00,100,1,0,1\n")
+    evaluate.main(["--plot", str(tmp_path / "one.csv"), "--png", str(tmp_path / "one.png")])
+    picture = cv2.imread(str(tmp_path / "one.png"))
+    assert min(panel_pixels(picture, pictures.COLOURS[0])) > 20
+    (tmp_path / "nan.csv").write_text(LOG_HEADER + "1,10,0.1,nan,nan,nan,,1,0,1\n")
+    error = refused(capsys, "--plot", str(tmp_path / "nan.csv"), "--png", str(tmp_path / "x.png"))
+    assert "nan.csv" in error and "finite" in error and not (tmp_path / "x.png").exists()
