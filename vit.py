@@ -252,7 +252,7 @@ def load_pretrained(model: VideoViT, path, log: Callable[[str], None] = print,
 def load_torch_file(path) -> object:
     """torch.load in its safe mode (tensors and plain containers); errors in one line."""
     try:  # the authors' files hold MultiStepLR's Counter: allowed since torch 2.4 (PR 123775)
-        with warnings.catch_warnings():  # torch warns of a plain pickle's protocol: one line will do
+        with warnings.catch_warnings():  # a plain pickle gets a protocol warning
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors carry a page of advice; keep the kind
