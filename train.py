@@ -37,15 +37,11 @@ import prepare
 import vit
 from shift import LAYOUTS
 
-# The recipe: PAPER with --data, SMALL without, COMMON to both; the flags given win -------------
-# Hashiguchi & Tamaki, Sec. 4.1: 8 frames, stride 32, 224 px, SGD 0.9 without weight decay,
-# lr 0.1 / 10 at epoch 10, 12 epochs, 21 clips per GPU on 2 GPUs with an update every 10
-# iterations (effective batch 420).
+# Hashiguchi & Tamaki, Sec. 4.1, on 2 GPUs: an effective batch of 2 x 21 clips x 10 iterations
 PAPER = dict(size="B/16", img_size=224, frames=8, stride=32, epochs=12, optimizer="sgd", lr=0.1,
              lr_steps=[10], weight_decay=0.0, batch_size=21, accum_steps=10, workers=8)
-# Small enough for 2 CPU cores in a few minutes: ViT-Ti, 4 frames of 64 px, from scratch on the
-# synthetic task. From scratch AdamW finds the motion after 250-400 steps of 16 clips; SGD was
-# slower in our tries.
+# Small enough for 2 CPU cores in a few minutes. From scratch AdamW finds the motion after 250-400
+# steps of 16 clips; SGD was slower in our tries.
 SMALL = dict(size="Ti/16", img_size=64, frames=4, stride=10, epochs=6, optimizer="adamw",
              lr=3e-4, lr_steps=[5], weight_decay=0.05, batch_size=16, accum_steps=1, workers=1)
 COMMON = dict(variant="KV", heads=2, patches=16, msca_blocks=None, shift_div=4, momentum=0.9,
@@ -64,13 +60,11 @@ MODEL_FLAGS = ("variant", "size", "img_size", "frames", "heads", "patches", "msc
                "shift_div", "shift_layout")
 LOG_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_top1", "val_top5",
                "clips_per_s", "skipped", "seconds")
-# A resumed run continues exactly: only these may differ from the run's (accumulation: see
-# check_resume); a dataset may move, its classes are checked
+# A resumed run continues exactly: only these may change (accum_steps: see check_resume)
 MAY_CHANGE_ON_RESUME = ("epochs", "lr_steps", "workers", "compile", "pretrained", "out", "resume",
-                        "data", "annotations", "val_annotations")
+                        "data", "annotations", "val_annotations", "accum_steps")
 
 
-# Settings: the flags given, the rest from the recipe or, with --resume, from the run's own --------
 def shown(value):  # as typed on the command line: 224 330, not [224, 330]
     return " ".join(map(str, value)) if isinstance(value, list) else value
 
@@ -124,8 +118,7 @@ def parse_flags(argv):
     add("--out", "output folder (default: runs/<variant>, runs/synthetic-<variant> without --data)")
     add("--seed", "of the weights, the clip order and the augmentation", type=int)
     p.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile each block: one graph per block kind")
+    p.add_argument("--compile", action="store_true", help="torch.compile a graph per block kind")
     return vars(p.parse_args(argv))
 
 
@@ -146,14 +139,12 @@ def configure(given):
     last, ckpt = os.path.join(out, "last.pt"), None
     if given.get("resume"):
         if not os.path.isfile(last):
-            raise ValueError(f"--resume: {last} does not exist (pass the --out or --variant of the "
-                             "run)")
+            raise ValueError(f"--resume: {last} does not exist (give the run's --out or --variant)")
         ckpt = vit.load_torch_file(last)
         check_resume(given, ckpt, out)
         args = {**COMMON, **ckpt["args"], **given}  # COMMON: settings added since the run began
     elif os.path.exists(last):
-        raise ValueError(f"{last} already exists: pass --resume to continue that run, or another "
-                         "--out")
+        raise ValueError(f"{last} exists: pass --resume to continue that run, or another --out")
     args = argparse.Namespace(**{**args, "out": out})
     for key in ("frames", "stride", "epochs", "batch_size", "accum_steps", "img_size"):
         if getattr(args, key) < 1:
@@ -178,8 +169,7 @@ def check_resume(given, ckpt, out):
                          f"{', '.join(missing)}): it cannot be resumed exactly")
     run = {**COMMON, **ckpt["args"]}  # COMMON: settings added since the run began
     changed = [f"--{k.replace('_', '-')} {shown(given[k])} (the run has {shown(run[k])})"
-               for k in given if k not in MAY_CHANGE_ON_RESUME + ("accum_steps",)
-               and given[k] != run[k]]
+               for k in given if k not in MAY_CHANGE_ON_RESUME and given[k] != run[k]]
     if changed:
         raise ValueError(f"--resume continues {out} exactly; these cannot change: "
                          + ", ".join(changed))
@@ -197,8 +187,7 @@ def check_resume(given, ckpt, out):
 
 @contextmanager
 def own_out(out):
-    """Rank 0 holds a lock on the folder OUT for the whole run, so that a second run into it is
-    refused; the kernel lets go when the process ends, killed or not: nothing is left stuck."""
+    """Rank 0 locks OUT for the run, refusing a second run; the kernel unlocks it on any exit."""
     if os.environ.get("RANK", "0") != "0":  # torchrun's other processes write nothing there
         yield
         return
@@ -216,12 +205,10 @@ def own_out(out):
         os.close(folder)
 
 
-# Set-up: processes, data, model, optimizer, and where a resumed run left off ----------------------
 def setup_distributed():
     """(rank, world size, device); torchrun sets RANK, WORLD_SIZE and LOCAL_RANK."""
     cuda = torch.cuda.is_available()
-    local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    device = local if cuda else torch.device("cpu")
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if cuda else "cpu")
     if "RANK" not in os.environ:
         return 0, 1, device
     if cuda:
@@ -243,25 +230,29 @@ def open_datasets(args, rank, world, ckpt):
                                      short_side=args.short_side, **common)
     classes = train_set.classes
     if ckpt is not None and ckpt["classes"] != classes:
-        diff = sorted(set(ckpt["classes"]) ^ set(classes)) or ["the same names in another order"]
         raise ValueError(f"--resume: {args.out} was trained on {len(ckpt['classes'])} classes, "
-                         f"--data {args.data} has {len(classes)}; they differ in: "
-                         + ", ".join(diff[:5]))
+                         f"--data {args.data} has {len(classes)}; they differ: it "
+                         + class_difference(classes, ckpt["classes"]))
     if len(train_set) < args.batch_size * world:
         raise ValueError(f"--data {args.data}: {len(train_set)} training videos, fewer than one "
                          f"batch ({args.batch_size} x {world}); lower --batch-size")
+    lists = args.val_annotations or args.annotations
     try:  # one view per video: the centre clip, the centre crop
         val_set = data.KineticsDataset(args.data, "val", train=False, clips=1, crops=1,
-                                       annotations=args.val_annotations or args.annotations,
-                                       **common)
+                                       annotations=lists, **common)
     except ValueError as error:
         if args.val_annotations:  # only an implicit validation split may be absent
             raise
         print(f"no validation ({error}): best.pt will not be written", file=sys.stderr)
         return train_set, None
     if val_set.classes != classes:
-        raise ValueError(f"--data {args.data}: the validation classes differ from the training "
-                         "classes")
+        remedy = "validation needs every training class and no other"
+        # a list without classes.txt beside it names its classes by the labels up to its largest
+        if lists and any(all(map(str.isdigit, names)) for names in (classes, val_set.classes)):
+            remedy = "a classes.txt naming every class beside each list gives both the same ones"
+        raise ValueError(f"{lists or args.data}: the validation classes differ from the training "
+                         f"classes: validation {class_difference(val_set.classes, classes)}; "
+                         + remedy)
     shared = set(map(os.path.realpath, train_set.videos)) & set(
         map(os.path.realpath, val_set.videos))
     if shared:
@@ -271,18 +262,26 @@ def open_datasets(args, rank, world, ckpt):
     return train_set, val_set
 
 
+def class_difference(have, want):
+    """How the classes `have` differ from `want`: "lacks a, b and adds c", the first 5 of each."""
+    lacks, adds = [n for n in want if n not in have], [n for n in have if n not in want]
+    named = [f"{what} {', '.join(names[:5])}" for what, names in (("lacks", lacks), ("adds", adds))
+             if names]
+    return " and ".join(named) or "has the same names in another order"
+
+
 def make_model(args, classes, ckpt, log):
     """(model, model_args): `vit.build_model(**model_args)` rebuilds it from a checkpoint."""
     model_args = dict(num_classes=len(classes), num_frames=args.frames,
                       **{key: getattr(args, key) for key in MODEL_FLAGS if key != "frames"})
     torch.manual_seed(args.seed)
     model = vit.build_model(**model_args)
+    if args.pretrained and ckpt is None:  # first: a refused file is then the only line
+        vit.load_pretrained(model, args.pretrained, log=log, classes=classes)
     if args.variant not in ("vit", "tokenshift"):  # e.g. 16 patches are 8% of 197 tokens, 94% of 17
         log(attention.describe_shift(args.variant, model.blocks[0].attn.num_heads,
                                      model.pos_embed.shape[1], args.heads, args.patches,
                                      args.shift_layout))
-    if args.pretrained and ckpt is None:
-        vit.load_pretrained(model, args.pretrained, log=log, classes=classes)
     return model, model_args
 
 
@@ -299,55 +298,51 @@ def make_optimizer(model, args):
 
 
 def restore(run, args, ckpt):
-    """Loads the resumed run's state; returns its epochs, steps, log rows and best top-1."""
+    """Loads the resumed run's state: weights, optimizer, scaler, epochs, log rows, best top-1."""
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt["scaler"] is not None:
         run.scaler.load_state_dict(ckpt["scaler"])
-    epochs, step = ckpt["epoch"], ckpt["step"]
-    if epochs >= args.epochs:
-        raise ValueError(f"--resume: {args.out} has already trained {epochs} epochs; raise "
-                         "--epochs")
-    run.log(f"resuming {args.out} after epoch {epochs} (step {step})")
+    run.start_epoch, run.step = ckpt["epoch"], ckpt["step"]
+    if run.start_epoch >= args.epochs:
+        raise ValueError(f"--resume: {args.out} has already trained {run.start_epoch} epochs; "
+                         "raise --epochs")
+    run.log(f"resuming {args.out} after epoch {run.start_epoch} (step {run.step})")
     log_path, best_path = (os.path.join(args.out, name) for name in ("log.csv", "best.pt"))
-    rows, best = read_log(log_path, epochs), {"log": []}
+    best = {"log": []}
     if os.path.isfile(best_path):
         best = vit.load_torch_file(best_path)
-
-    def trained(log):  # the columns known when last.pt is saved: a run's fingerprint
-        return [[str(row[key]) for key in LOG_COLUMNS[:5]] for row in log]
-
-    others = [path for path, log in ((log_path, rows), (best_path, best["log"]))
-              if trained(log) != trained(ckpt["log"])[:len(log)]]
+    try:  # up to last.pt: a crash may have left one more row
+        with open(log_path, newline="") as f:
+            run.rows = [row for row in csv.DictReader(f) if int(row["epoch"]) <= run.start_epoch]
+    except FileNotFoundError:
+        pass
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"--resume: {log_path} is not a log.csv of train.py "
+                         f"({type(error).__name__}); move it away to resume without it") from None
+    # the columns known when last.pt is saved are a run's fingerprint
+    others = [path for path, log in ((log_path, run.rows), (best_path, best["log"]))
+              if fingerprint(log) != fingerprint(ckpt["log"])[:len(log)]]
     if others:
         raise ValueError(f"--resume: {' and '.join(others)} of another run than {args.out}/last.pt;"
                          " move them away to resume without them")
-    scores = [s for s in (best_top1(rows), best.get("val_top1")) if s is not None]
-    return epochs, step, rows, max(scores, default=None)
+    scores = [float(row["val_top1"]) for row in run.rows if row["val_top1"]]
+    if "val_top1" in best:
+        scores.append(best["val_top1"])
+    run.best = max(scores, default=None)
 
 
-def read_log(path, epochs_done):
-    """The rows of log.csv up to the checkpoint being resumed (a crash may have left one more)."""
-    try:
-        with open(path, newline="") as f:
-            return [row for row in csv.DictReader(f) if int(row["epoch"]) <= epochs_done]
-    except FileNotFoundError:
-        return []
-    except (KeyError, TypeError, ValueError, UnicodeDecodeError, csv.Error) as error:
-        raise ValueError(f"--resume: {path} is not a log.csv of train.py ({type(error).__name__}); "
-                         "move it away to resume without it") from None
+def fingerprint(log):
+    return [[str(row[key]) for key in LOG_COLUMNS[:5]] for row in log]
 
 
 def build_run(args, ckpt, rank, world, device):
     """What the epochs share: data, model, optimizer, loss scaler; where a resumed run left off."""
     run = SimpleNamespace(rank=rank, world=world, device=device, start_epoch=0, step=0, rows=[],
-                          best=None,
-                          log=print if rank == 0 else lambda *_, **__: None)
+                          best=None, log=print if rank == 0 else lambda *_, **__: None)
     run.train_set, run.val_set = open_datasets(args, rank, world, ckpt)
     run.classes = run.train_set.classes
     run.datasets = [d for d in (run.train_set, run.val_set) if d is not None]
-    if data.describe_flips(run.classes):
-        run.log(data.describe_flips(run.classes))
     run.model, run.model_args = make_model(args, run.classes, ckpt, run.log)
     run.model.to(device)
     run.optimizer = make_optimizer(run.model, args)
@@ -355,7 +350,7 @@ def build_run(args, ckpt, rank, world, device):
     run.scaler = torch.amp.GradScaler(device.type, enabled=run.amp_dtype == torch.float16)
     run.criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     if ckpt is not None:
-        run.start_epoch, run.step, run.rows, run.best = restore(run, args, ckpt)
+        restore(run, args, ckpt)
     run.trained = vit.compile_blocks(run.model) if args.compile else run.model
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -366,27 +361,28 @@ def build_run(args, ckpt, rank, world, device):
     sampler = DistributedSampler(run.train_set, world, rank, shuffle=True, seed=args.seed,
                                  drop_last=True)  # full batches only: each weighs the same
     run.train_loader = DataLoader(run.train_set, sampler=sampler, drop_last=True, **loader)
-    run.val_loader = None
+    run.val_loader = []  # validates nothing without a validation split
     if run.val_set is not None:  # each process validates every world-th video
         mine = Subset(run.val_set, range(rank, len(run.val_set), world))
         run.val_loader = DataLoader(mine, collate_fn=data.collate_readable, **loader)
-    parameters = sum(p.numel() for p in run.model.parameters()) / 1e6
-    val_videos = len(run.val_set) if run.val_set is not None else 0
-    precision = run.amp_dtype or torch.float32
-    effective = args.batch_size * args.accum_steps * world
-    source = args.data
+    source, frames = args.data, f"stride {args.stride}"
     if args.synthetic:
         source = f"the synthetic task (made once) in {args.data}"
-    run.log(f"data: {source}; clips of {args.frames} frames of {args.img_size} px, "
-            f"stride {args.stride}")
+    if args.sampling == "uniform":
+        frames = f"uniform sampling: a frame from each of {args.frames} equal segments"
+    parameters = sum(p.numel() for p in run.model.parameters()) / 1e6
+    val_videos = len(run.val_set) if run.val_set is not None else 0
+    if data.describe_flips(run.classes):
+        run.log(data.describe_flips(run.classes))
+    run.log(f"data: {source}; clips of {args.frames} frames of {args.img_size} px, {frames}")
     run.log(f"{args.variant} {args.size}: {parameters:.1f}M parameters, {len(run.classes)} "
             f"classes, {len(run.train_set)} train / {val_videos} val videos, {device.type} "
-            f"{precision}; effective batch {args.batch_size} x {args.accum_steps} accumulation x "
-            f"{world} processes = {effective}")
+            f"{run.amp_dtype or torch.float32}; effective batch {args.batch_size} x "
+            f"{args.accum_steps} accumulation x {world} processes = "
+            f"{args.batch_size * args.accum_steps * world}")
     return run
 
 
-# An epoch: train, save, validate ------------------------------------------------------------------
 def lr_at(args, epoch):
     """Step schedule: lr / 10 at each epoch of --lr-steps (0-based: 10 = from the 11th epoch)."""
     return args.lr * 0.1 ** sum(epoch >= step for step in args.lr_steps)
@@ -483,17 +479,6 @@ def validate(model, loader, amp_dtype, show_bar=False):
     return counts.tolist()
 
 
-def validation_columns(run, args):
-    """val_top1 and val_top5 of the log row: percent of the readable validation videos."""
-    # eager: the compiled blocks would recompile for the validation shapes and no_grad
-    with torch.compiler.set_stance("force_eager"):
-        top1, top5, videos = validate(run.model, run.val_loader, run.amp_dtype, run.rank == 0)
-    if not videos:
-        raise ValueError(f"--data {args.data}: none of the {len(run.val_set)} validation videos "
-                         "can be decoded")
-    return dict(val_top1=f"{100 * top1 / videos:.2f}", val_top5=f"{100 * top5 / videos:.2f}")
-
-
 def write_log(path, rows):
     with data.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, LOG_COLUMNS, lineterminator="\n")
@@ -506,9 +491,8 @@ def save_epoch(run, args, row):
     scaler = run.scaler.state_dict() if run.scaler.is_enabled() else None
     state = dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
                  epoch=row["epoch"], step=row["step"], scaler=scaler, model_args=run.model_args,
-                 classes=run.classes, args=vars(args),
-                 effective_batch=args.batch_size * args.accum_steps * run.world,
-                 log=run.rows + [row])  # tells this run's log.csv and best.pt from another's
+                 classes=run.classes, args=vars(args), log=run.rows + [row],  # see fingerprint
+                 effective_batch=args.batch_size * args.accum_steps * run.world)
     # log.csv before last.pt: a crash in between is undone on resume
     write_log(os.path.join(args.out, "log.csv"), run.rows + [row])
     save_checkpoint(state, os.path.join(args.out, "last.pt"))
@@ -526,26 +510,9 @@ def save_checkpoint(state, path):
             raise cause if isinstance(cause, (OSError, KeyboardInterrupt)) else error
 
 
-def best_top1(rows):
-    return max((float(row["val_top1"]) for row in rows if row["val_top1"]), default=None)
-
-
-def save_validation(run, args, state):
-    """log.csv with the epoch's validation, and best.pt, with its top-1, when it beats every earlier
-    one."""
-    write_log(os.path.join(args.out, "log.csv"), run.rows)
-    top1 = run.rows[-1]["val_top1"]
-    if top1 and (run.best is None or float(top1) > run.best):
-        run.best = float(top1)
-        save_checkpoint({**state, "val_top1": run.best}, os.path.join(args.out, "best.pt"))
-
-
-# The loop -----------------------------------------------------------------------------------------
 def epoch_line(row, num_classes):
-    validation = ""
-    if row["val_top1"]:
-        validation = f", val top-1 {row['val_top1']}%"
-    if row["val_top1"] and num_classes > 5:  # top-5 of 5 classes or fewer is always 100%
+    validation = row["val_top1"] and f", val top-1 {row['val_top1']}%"
+    if validation and num_classes > 5:  # top-5 of 5 classes or fewer is always 100%
         validation += f" top-5 {row['val_top5']}%"
     return (f"epoch {row['epoch']}: loss {row['train_loss']}, train top-1 {row['train_top1']}%"
             f"{validation}, {row['clips_per_s']} clips/s, {row['skipped']} broken videos skipped")
@@ -553,16 +520,13 @@ def epoch_line(row, num_classes):
 
 def done_line(run, args, seconds):
     minutes, seconds = divmod(round(seconds), 60)
-    last, chance = run.rows[-1], 100 / len(run.classes)
+    last = run.rows[-1]
     result = f"train top-1 {last['train_top1']}% (no val split)"
-    best_epochs = [row["epoch"] for row in run.rows if row["val_top1"]
-                   and float(row["val_top1"]) == run.best]
-    kept = "best.pt"
-    if best_epochs:
-        kept = f"best.pt, epoch {best_epochs[0]}"
+    epoch = next((f", epoch {row['epoch']}" for row in run.rows  # none if log.csv was moved away
+                  if row["val_top1"] and float(row["val_top1"]) == run.best), "")
     if run.best is not None:
-        result = (f"last epoch val top-1 {last['val_top1']}% (best {run.best:.2f}% in {kept}, "
-                  f"chance {chance:.1f}%)")
+        result = (f"last epoch val top-1 {last['val_top1']}% (best {run.best:.2f}% in best.pt"
+                  f"{epoch}, chance {100 / len(run.classes):.1f}%)")
     return (f"done in {minutes}m{seconds:02d}s: {args.variant} {result} after {args.epochs} "
             f"epochs; {args.out}")
 
@@ -577,13 +541,22 @@ def train(args, ckpt, rank, world, device, progress):
         if rank == 0:  # saved before validation, so that a failure there loses no training
             state = save_epoch(run, args, row)
             progress["saved"] = row["epoch"]
-        if run.val_loader is not None:
-            row.update(validation_columns(run, args))
+        # eager: the compiled blocks would recompile for the validation shapes and no_grad
+        with torch.compiler.set_stance("force_eager"):
+            top1, top5, videos = validate(run.model, run.val_loader, run.amp_dtype, rank == 0)
+        if run.val_set is not None and not videos:
+            raise ValueError(f"--data {args.data}: none of the {len(run.val_set)} validation "
+                             "videos can be decoded")
+        if videos:  # percent of the readable validation videos
+            row.update(val_top1=f"{100 * top1 / videos:.2f}", val_top5=f"{100 * top5 / videos:.2f}")
         row.update(skipped=sum(d.sync_broken(device) for d in run.datasets),
                    seconds=f"{time.time() - epoch_start:.1f}")
         run.rows.append(row)
-        if rank == 0:
-            save_validation(run, args, state)
+        if rank == 0:  # the validation into log.csv; best.pt when it beats every earlier one
+            write_log(os.path.join(args.out, "log.csv"), run.rows)
+            if row["val_top1"] and (run.best is None or float(row["val_top1"]) > run.best):
+                run.best = float(row["val_top1"])
+                save_checkpoint({**state, "val_top1": run.best}, os.path.join(args.out, "best.pt"))
         run.log(epoch_line(row, len(run.classes)))
     run.log(done_line(run, args, time.time() - run_start))
 

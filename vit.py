@@ -11,6 +11,7 @@ Parameter names follow timm's `vision_transformer.py` (`patch_embed.proj`, `cls_
 TokShift/MSCA authors' Kinetics checkpoints (`.pth`, `.pth.tar`).
 """
 import math
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Optional
@@ -151,7 +152,6 @@ def build_model(variant: str, num_classes: int, num_frames: int = 8, *, size: st
                          "must both be >= 1")
     dim, num_heads, depth = SIZES[size]
     num_tokens = (img_size // PATCH_SIZE) ** 2 + 1
-
     attn_shifts, token_shift = [NO_SHIFT] * depth, None
     if variant == "tokenshift":
         if not isinstance(shift_div, int) or not 2 <= shift_div <= dim:  # else a way is empty
@@ -211,7 +211,6 @@ def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tenso
     return (top == labels[:, None]).any(dim=1)
 
 
-# -----------------------------------------------------------------------------
 # Pretrained weights: Google's ViT .npz (ImageNet-21k), timm/PyTorch state dicts, the authors' files
 
 
@@ -238,19 +237,24 @@ def load_pretrained(model: VideoViT, path, log: Callable[[str], None] = print,
         state["pos_embed"] = resize_pos_embed(pos, want.shape, path)
     head = ("head.weight", "head.bias")
     same_classes = None in (classes, trained_on) or list(classes) == list(trained_on)
-    if not (same_classes and all(k in state and state[k].shape == expected[k].shape for k in head)):
-        found = state["head.weight"].shape[0] if "head.weight" in state else "no"
-        wanted = expected["head.weight"].shape[0]
-        log(f"{path.name}: checkpoint head has {found} classes, model has {wanted} "
-            f"(same names: {same_classes}): head initialised to zeros")
+    fits = same_classes and all(k in state and state[k].shape == expected[k].shape for k in head)
+    found = state["head.weight"].shape[0] if "head.weight" in state else "no"
+    if not fits:
         state.update({k: torch.zeros_like(expected[k]) for k in head})
-    return load_state(model, state, path)
+    load_state(model, state, path)  # before the log: a file that does not fit says only that
+    if not fits:
+        log(f"{path.name}: checkpoint head has {found} classes, model has "
+            f"{len(expected['head.bias'])} (same names: {same_classes}): head initialised to "
+            "zeros")
+    return model
 
 
 def load_torch_file(path) -> object:
     """torch.load in its safe mode (tensors and plain containers); errors in one line."""
     try:  # the authors' files hold MultiStepLR's Counter: allowed since torch 2.4 (PR 123775)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle gets a protocol warning
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors carry a page of advice; keep the kind
         kind = type(error).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({kind})") from None

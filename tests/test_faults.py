@@ -94,6 +94,61 @@ def test_a_validation_set_that_shares_videos_with_training_is_refused(tmp_path, 
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_the_start_line_names_the_sampling_in_use(videos, tmp_path, capsys):
+    for sampling, named, unnamed in (("dense", "stride 2", "uniform"), ("uniform", "uniform", "stride")):
+        assert train.main(tiny_args(videos, tmp_path / sampling, "--epochs", "1", "--sampling", sampling)) == 0
+        line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("data: "))
+        assert named in line and unnamed not in line, line
+
+
+def list_dataset(root, val_labels):
+    """Videos in one folder, train.txt of labels 0, 1, 2 (two videos each) and val.txt of `val_labels`."""
+    rng = np.random.default_rng(0)
+    for split, labels, count in (("train", (0, 1, 2), 2), ("val", val_labels, 1)):
+        rows = []
+        for label in labels:
+            for i in range(count):
+                write_video(root / "videos" / f"{split}{label}{i}.mp4", ramp_frames(label % 2, rng))
+                rows.append(f"{split}{label}{i}.mp4 {label}\n")
+        (root / f"{split}.txt").write_text("".join(rows))
+    return root
+
+
+def test_a_validation_list_lacking_a_class_names_it_and_the_remedy(tmp_path, capsys):
+    root = list_dataset(tmp_path, val_labels=(0, 1))  # no video of class 2 to validate on
+    out = tmp_path / "run"
+    argv = tiny_args(root / "videos", out, "--epochs", "1", "--annotations", str(root / "train.txt"),
+                     "--val-annotations", str(root / "val.txt"))
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error: ") and not (out / "last.pt").exists()
+    assert str(root / "val.txt") in err[0] and "lacks 2" in err[0] and "classes.txt" in err[0], err
+    (root / "classes.txt").write_text("walk\nrun\njump\n")  # the remedy the line gives
+    assert train.main(argv) == 0
+    assert load(out / "best.pt")["classes"] == ["walk", "run", "jump"]
+
+
+def test_a_validation_csv_lacking_a_class_names_it(tmp_path, capsys):
+    root = kinetics_flat(tmp_path / "k", np.random.default_rng(0))
+    lines = (root / "validate.csv").read_text().splitlines(keepends=True)
+    (root / "validate.csv").write_text("".join(line for line in lines if not line.startswith(CLASSES[1])))
+    assert train.main(tiny_args(root, tmp_path / "run", "--epochs", "1", "--annotations", str(root / "train.csv"),
+                                "--val-annotations", str(root / "validate.csv"))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "validate.csv" in err[0] and f"lacks {CLASSES[1]}" in err[0], err
+
+
+def test_pretrained_weights_of_another_size_are_refused_in_one_line_and_nothing_else(videos, tmp_path, capsys):
+    small = vit.build_model("KV", 5, 2, size="S/16", img_size=32)  # the run below is a Ti/16
+    torch.save(dict(model=small.state_dict(), classes=list("abcde")), tmp_path / "s16.pt")
+    capsys.readouterr()
+    assert train.main(tiny_args(videos, tmp_path / "run", "--pretrained", str(tmp_path / "s16.pt"))) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error: ") and "s16.pt" in err[0], err
+    assert "zeros" not in captured.out and captured.out == "", captured.out
+
+
 class ConstantClassifier(torch.nn.Module):
     """Always predicts class 0."""
 

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -179,6 +180,42 @@ def test_ctrl_c_under_torchrun_is_one_line_from_rank_0(videos, tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
     lines = [line for line in err.splitlines() if "train.py: interrupted" in line]
     assert len(lines) == 1 and "epoch none" not in lines[0], err[-6000:]
+
+
+class RunsCode:
+    """Unpickled, runs `code`: what a malicious checkpoint does."""
+
+    def __init__(self, code):
+        self.code = code
+
+    def __reduce__(self):
+        return exec, (self.code,)
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_a_checkpoint_holding_code_is_refused_in_one_line_without_running_it(videos, tmp_path, writer):
+    marker = tmp_path / "the code ran"
+    payload = {"model": RunsCode(f"open({str(marker)!r}, 'w').close()")}
+    evil = tmp_path / "evil.pt"
+    if writer == "pickle":  # protocol 4, which torch.load warns about
+        with open(evil, "wb") as f:
+            pickle.dump(payload, f)
+    else:
+        torch.save(payload, evil)
+    commands = [train_py(*tiny_args(videos, tmp_path / "run", "--epochs", "1", "--pretrained", str(evil))),
+                [sys.executable, os.path.join(ROOT, "evaluate.py"), "--checkpoint", str(evil)]]
+    for argv in commands:
+        result = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
+        err = result.stderr.splitlines()
+        assert result.returncode == 2 and len(err) == 1 and str(evil) in err[0], result.stderr
+        assert err[0].startswith(f"{os.path.basename(argv[1])}: error: ") and not marker.exists()
+    # the file is what it claims: an unsafe load runs its code
+    if writer == "pickle":
+        with open(evil, "rb") as f:
+            pickle.load(f)
+    else:
+        torch.load(evil, weights_only=False)
+    assert marker.exists()
 
 
 def test_an_explicit_validation_list_that_matches_nothing_is_an_error(videos, tmp_path, capsys):

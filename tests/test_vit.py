@@ -264,6 +264,25 @@ def test_head_of_other_shape_is_zeroed_and_logged(tmp_path):
     assert len(lines) == 1 and "in21k.npz" in lines[0] and "zeros" in lines[0]
 
 
+@pytest.mark.parametrize("kind", ["train.py checkpoint", "google npz"])
+def test_weights_of_another_size_are_refused_before_anything_is_logged(tmp_path, kind):
+    path = tmp_path / "s16.pt"
+    if kind == "google npz":
+        path = tmp_path / "ViT-S_16.npz"
+        google_checkpoint(path, dim=384, heads=6, classes=7)
+    else:
+        small = vit.build_model("KV", 7, FRAMES, size="S/16", img_size=IMG)
+        torch.save(dict(model=small.state_dict(), classes=list("abcdefg")), path)
+    model = vit.build_model("KV", 5, FRAMES, size="Ti/16", img_size=IMG)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lines = []
+    with pytest.raises(vit.CheckpointError) as error:
+        vit.load_pretrained(model, path, log=lines.append, classes=list("vwxyz"))
+    assert lines == [] and str(path) in str(error.value) and "\n" not in str(error.value)
+    assert "(1, 1, 384) vs model (1, 1, 192)" in str(error.value)  # the checkpoint's width 384, Ti's 192
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_pos_embed_is_interpolated_on_the_grid_keeping_cls(tmp_path):
     arrays = google_checkpoint(tmp_path / "grid4.npz", grid=4)
     pos = arrays["Transformer/posembed_input/pos_embedding"]
