@@ -138,8 +138,8 @@ def run_jobs(jobs, workers):
     with ProcessPoolExecutor(max(1, workers), initializer=quiet_worker) as pool:
         futures = [pool.submit(prepare_video, job) for job in jobs]
         try:
-            done = tqdm(as_completed(futures), total=len(jobs), desc="preparing")
-            return [future.result() for future in done]
+            with tqdm(as_completed(futures), total=len(jobs), desc="preparing") as done:
+                return [future.result() for future in done]
         finally:
             pool.shutdown(cancel_futures=True)
 
