@@ -62,8 +62,7 @@ class KineticsDataset(Dataset):
         self.videos, self.labels, self.classes = layout
         self.sampling, self.flipped_label = sampling, flip_partners(self.classes, source)
         if not self.videos:
-            raise ValueError(f"{os.path.join(self.root, split)}: no videos found "
-                             f"({', '.join(VIDEO_EXTENSIONS)})")
+            raise ValueError(f"{source}: no videos found ({', '.join(VIDEO_EXTENSIONS)})")
         # shared with the DataLoader workers, without a lock: 'spawn' workers could not receive one.
         self.broken = multiprocessing.RawArray("b", len(self.videos))
         self._epoch_seed = multiprocessing.RawArray("q", 2)
@@ -237,16 +236,17 @@ def list_rows(lines, annotations):
     """[(relative path without extension, label)] of an mmaction2 list, and its classes: those of
     classes.txt beside it, else "0", "1", ... up to the largest label, below MAX_UNNAMED_CLASSES."""
     names, classes = os.path.join(os.path.dirname(annotations), "classes.txt"), None
+    limit, bound = MAX_UNNAMED_CLASSES, f"without a {names}"
     if os.path.isfile(names):  # prepare.py --lists writes it
         classes = [line.strip() for line in read_text(names).splitlines() if line.strip()]
         check_names(classes, names)
-    limit = MAX_UNNAMED_CLASSES if classes is None else len(classes)
+        limit, bound = len(classes), f"the classes of {names}"
     rows = [line.rsplit(maxsplit=1) for line in lines]
     bad = next((n for n, row in enumerate(rows, 1) if row and (
         len(row) != 2 or not re.fullmatch("[0-9]+", row[1]) or int(row[1]) >= limit)), None)
     if bad:
-        raise ValueError(f"{annotations}: line {bad}: expected 'relative/path label', a label "
-                         f"below {limit} (classes in {names}), got {lines[bad - 1].strip()!r}")
+        raise ValueError(f"{annotations}: line {bad}: got {lines[bad - 1].strip()!r}, not "
+                         f"'relative/path label' of a label below {limit} ({bound})")
     rows = [(os.path.normpath(os.path.splitext(path)[0]), int(label)) for path, label in
             filter(None, rows)]
     if classes is None:
@@ -553,7 +553,7 @@ def read_text(path):
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
         line = raw[:error.start].count(b"\n") + 1
-        raise ValueError(f"{path}: line {line}: not UTF-8 (byte {raw[error.start]:#04x})") from None
+        raise ValueError(f"{path}: line {line}: not a text file (not UTF-8)") from None
 
 
 def refuse(message):  # argparse's errors as ValueError: one line and exit status 2, as all errors
