@@ -1,13 +1,9 @@
 """The loader the paper describes (Sec. 4.1): Kinetics-style videos read with OpenCV, clips
 sampled and augmented as the paper does, the multi-view test input, broken videos survived.
-
-Layouts: root/{split}/{class}/<video> folders, a Kinetics CSV, or a list file ("relative/path
-label", with classes.txt beside it naming the labels; prepare.py --lists writes them). Indexed
-MJPEG .avi files (prepare.py --resize) are read by OpenCV's seek, so that a clip costs its 8 JPEG
-decodes. Other videos (Kinetics' H.264) are decoded forward by FFmpeg up to the last frame a clip
-needs: FFmpeg's seek is not frame-exact for every codec, nor cheaper with a keyframe every 250
-frames.
-"""
+Layouts: root/{split}/{class}/<video> folders, a Kinetics CSV, or a list file with classes.txt
+(prepare.py --lists). Indexed MJPEG .avi files (prepare.py --resize) are read by OpenCV's seek: a
+clip costs its 8 JPEG decodes; others (H.264) are decoded forward by FFmpeg up to the clip's last
+frame: FFmpeg's seek is not frame-exact for every codec, nor cheaper with keyframes 250 apart."""
 import contextlib
 import csv
 import multiprocessing
@@ -17,8 +13,7 @@ import shutil
 import sys
 import tempfile
 
-# OpenCV and FFmpeg print their own warnings for every damaged packet; data.py reports broken videos
-# itself, once, with the file name. setdefault keeps whatever the user asked for.
+# data.py reports a broken video once, by name: not OpenCV's and FFmpeg's warning per bad packet
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
@@ -33,19 +28,19 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".m
                     ".wmv", ".3gp", ".ogv")
 FLIP_PROB, JITTER_PROB = 0.5, 0.1
 MAX_BROKEN_IN_A_ROW = 32  # this many broken videos in a row: the dataset is broken, not a file
-SIDES, SWAPPED = re.compile(r"\b(left|right)\b"), {"left": "right", "right": "left"}
+WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+")  # 'turn_left', 'Turning Left', 'SwipingLeft'
+SIDES = {"left": "right", "right": "left"}
+MAX_UNNAMED_CLASSES = 100_000  # without classes.txt, a larger label is a typo, not a dataset
 
 
 # the dataset
 class KineticsDataset(Dataset):
     """(video, label) items of root/{split}/{class}/<video> folders or of an annotation list; the
     video float32 in [-1, 1], train (3, T, size, size), test (clips * crops, 3, T, size, size).
-
-    A broken video is reported once (when `report`) and marked in `broken`, memory shared with the
-    DataLoader workers so that none decodes it again; training takes the next good video instead,
-    a test item is None (collate_readable drops it). Item i's augmentation draws from a generator
-    seeded with (*epoch_seed, i, video) alone (not workers, ranks, or which videos broke before), so
-    that a run resumes exactly."""
+    A broken video is reported once (when `report`) and marked in `broken`, shared with the workers
+    so that none decodes it again; training takes the next good video, a test item is None. Item
+    i's augmentation draws from a generator seeded with (*epoch_seed, i, video) alone (not workers,
+    ranks, or which videos broke before), so that a run resumes exactly."""
 
     def __init__(self, root, split="train", *, train=None, annotations=None, num_frames=8,
                  stride=32, img_size=224, clips=10, crops=3, short_side=(224, 330), report=True,
@@ -61,20 +56,19 @@ class KineticsDataset(Dataset):
         self.root, self.short_side, self.report = os.fspath(root), short_side, report
         self.train = split == "train" if train is None else train
         self.num_frames, self.stride, self.img_size, self.clips, self.crops = sizes.values()
+        source = os.fspath(annotations or os.path.join(self.root, split))  # of the class names
         layout = (folder_layout(self.root, split) if annotations is None
-                  else listed_layout(self.root, split, os.fspath(annotations)))
+                  else listed_layout(self.root, split, source))
         self.videos, self.labels, self.classes = layout
-        self.sampling, self.flipped_label = sampling, flip_partners(self.classes)
+        self.sampling, self.flipped_label = sampling, flip_partners(self.classes, source)
         if not self.videos:
-            raise ValueError(f"{os.path.join(self.root, split)}: no videos found "
-                             f"({', '.join(VIDEO_EXTENSIONS)})")
+            raise ValueError(f"{source}: no videos found ({', '.join(VIDEO_EXTENSIONS)})")
         # shared with the DataLoader workers, without a lock: 'spawn' workers could not receive one.
         self.broken = multiprocessing.RawArray("b", len(self.videos))
         self._epoch_seed = multiprocessing.RawArray("q", 2)
 
     def set_epoch(self, seed, epoch):
-        """Seeds the coming epoch's augmentation. Shared memory, not an attribute: persistent
-        DataLoader workers live across epochs: they would not see an attribute set later."""
+        """Seeds the coming epoch's augmentation, in memory that persistent workers share."""
         self._epoch_seed[:] = [seed, epoch]
 
     @property
@@ -104,32 +98,28 @@ class KineticsDataset(Dataset):
     def try_load(self, i, rng):
         """(clip, label), or None for a broken video, which is then marked and reported."""
         try:
-            label = self.labels[i]
-            if self.train:
-                if self.sampling == "uniform":
-                    frames = read_clip(self.videos[i], lambda n: uniform_train_indices(
-                        n, self.num_frames, rng))
-                else:
-                    frames = read_clip(self.videos[i], lambda n: train_clip_indices(
-                        n, self.num_frames, self.stride, rng))
-                partner = self.flipped_label[label]
-                video, flipped = train_transform(frames, self.img_size, self.short_side, rng,
-                                                 partner is not None)
-                label = partner if flipped else label
+            if not self.train:
+                return test_views(self.videos[i], self.num_frames, self.stride, self.img_size,
+                                  self.clips, self.crops, self.sampling), self.labels[i]
+            if self.sampling == "uniform":
+                frames = read_clip(self.videos[i], lambda n: uniform_train_indices(
+                    n, self.num_frames, rng))
             else:
-                video = test_views(self.videos[i], self.num_frames, self.stride, self.img_size,
-                                   self.clips, self.crops, self.sampling)
+                frames = read_clip(self.videos[i], lambda n: train_clip_indices(
+                    n, self.num_frames, self.stride, rng))
+            partner = self.flipped_label[self.labels[i]]
+            video, flipped = train_transform(frames, self.img_size, self.short_side, rng,
+                                             partner is not None)
+            return video, partner if flipped else self.labels[i]
         except VideoError as error:
             if not self.broken[i] and self.report:
                 print(f"data: skipping broken video: {error}", file=sys.stderr, flush=True)
             self.broken[i] = 1
             return None
-        return video, label
 
     def sync_broken(self, device):
-        """How many broken videos are known, each counted once. With torch.distributed, every rank
-        first learns those of all ranks (so that none decodes them again); a dataset that reports
-        prints the ones it had not met itself."""
+        """How many broken videos are known. With torch.distributed, each rank first learns those
+        of all ranks (none decodes them again) and, when it reports, prints the ones new to it."""
         flags = np.frombuffer(self.broken, dtype=np.int8)
         if dist.is_initialized():
             merged = torch.from_numpy(flags.astype(np.int32)).to(device)
@@ -152,8 +142,7 @@ def test_views(path, num_frames, stride, img_size, clips=10, crops=3, sampling="
 
 
 def collate_readable(batch):
-    """A test batch less its broken (None) items: (views, labels, dropped), or (None, None, dropped)
-    when all are."""
+    """A test batch less its broken (None) items: (views, labels, dropped), views None if all."""
     readable = [item for item in batch if item is not None]
     if not readable:
         return None, None, len(batch)
@@ -175,43 +164,32 @@ def walk_files(directory):
     return sorted(found)
 
 
-def scan_videos(directory):
-    return [path for path in walk_files(directory) if is_video(path)]
-
-
 def folder_layout(root, split):
     """Videos, labels, classes of root/{split}/{class}/<video>; the classes of train and `split`."""
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
         raise ValueError(f"{split_dir}: folder not found (expected {root}/{split}/<class>/<video>, "
-                         f"or pass annotations= for a CSV or list file)")
+                         f"or pass --annotations, a CSV or list file)")
     folders = [path for path in (split_dir, os.path.join(root, "train")) if os.path.isdir(path)]
     classes = sorted({entry.name for folder in folders for entry in os.scandir(folder)
                       if entry.is_dir() and not entry.name.startswith(".")})
     found = [(path, label) for label, name in enumerate(classes)
-             for path in scan_videos(os.path.join(split_dir, name))]
+             for path in walk_files(os.path.join(split_dir, name)) if is_video(path)]
     return [path for path, _ in found], [label for _, label in found], classes
 
 
 def listed_layout(root, split, annotations):
     """Videos, labels, classes of a Kinetics CSV (label,youtube_id,time_start,time_end[,split]) or
     of an mmaction2 list ("relative/path label_index"), found on disk by name, any extension."""
-    try:
-        with open(annotations, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is no header
-            lines = f.read().splitlines()
-    except UnicodeDecodeError:
-        problem = "not a text file (a Kinetics CSV or a list file is)"
-        raise ValueError(f"{annotations}: {problem}") from None
+    lines = read_text(annotations).splitlines()
     video_dir = os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root
     kinetics = bool(lines) and "youtube_id" in lines[0]
     on_disk = {}  # by the name the annotations give a video, without its extension
-    for path in reversed(scan_videos(video_dir)):
+    for path in reversed(list(filter(is_video, walk_files(video_dir)))):
         listed = os.path.basename(path) if kinetics else os.path.relpath(path, video_dir)
         on_disk[os.path.splitext(listed)[0]] = path
-    if kinetics:
-        rows, classes = kinetics_rows(lines, split, annotations)
-    else:
-        rows, classes = list_rows(lines, annotations)
+    rows, classes = (kinetics_rows(lines, split, annotations) if kinetics
+                     else list_rows(lines, annotations))
     labels = {}
     for key, label in rows:
         if labels.setdefault(key, label) != label:
@@ -255,29 +233,49 @@ def kinetics_rows(lines, split, annotations):
 
 
 def list_rows(lines, annotations):
-    """[(relative path without extension, label)] of an mmaction2 list, and its classes."""
-    rows = [line.rsplit(maxsplit=1) for line in lines if line.strip()]
-    bad = next((n for n, row in enumerate(rows, 1) if len(row) != 2 or not row[1].isdigit()), None)
+    """[(relative path without extension, label)] of an mmaction2 list, and its classes: those of
+    classes.txt beside it, else "0", "1", ... up to the largest label, below MAX_UNNAMED_CLASSES."""
+    names, classes = os.path.join(os.path.dirname(annotations), "classes.txt"), None
+    limit, bound = MAX_UNNAMED_CLASSES, f"without a {names}"
+    if os.path.isfile(names):  # prepare.py --lists writes it
+        classes = [line.strip() for line in read_text(names).splitlines() if line.strip()]
+        check_names(classes, names)
+        limit, bound = len(classes), f"the classes of {names}"
+    rows = [line.rsplit(maxsplit=1) for line in lines]
+    bad = next((n for n, row in enumerate(rows, 1) if row and (
+        len(row) != 2 or not re.fullmatch("[0-9]+", row[1]) or int(row[1]) >= limit)), None)
     if bad:
-        raise ValueError(f"{annotations}: line {bad}: expected 'relative/path label_index', "
-                         f"got {rows[bad - 1]}")
-    rows = [(os.path.normpath(os.path.splitext(path)[0]), int(label)) for path, label in rows]
-    classes = [str(i) for i in range(max((label for _, label in rows), default=-1) + 1)]
-    names = os.path.join(os.path.dirname(annotations), "classes.txt")  # data.py --lists writes it
-    if os.path.isfile(names):
-        named = parse_lines(names, str)
-        if len(named) < len(classes):
-            raise ValueError(f"{names}: {len(named)} class names, but {annotations} has label "
-                             f"{len(classes) - 1}")
-        classes = named
+        raise ValueError(f"{annotations}: line {bad}: got {lines[bad - 1].strip()!r}, not "
+                         f"'relative/path label' of a label below {limit} ({bound})")
+    rows = [(os.path.normpath(os.path.splitext(path)[0]), int(label)) for path, label in
+            filter(None, rows)]
+    if classes is None:
+        classes = [str(i) for i in range(max((label for _, label in rows), default=-1) + 1)]
     return rows, classes
 
 
-def flip_partners(classes):
-    """Label -> the label of its clips flipped horizontally: the class whose name is its own with
-    left and right swapped (itself without either word), None (never flipped) when there is none."""
-    index = {name.lower(): label for label, name in enumerate(classes)}
-    return [index.get(SIDES.sub(lambda side: SWAPPED[side[0]], name.lower())) for name in classes]
+def check_names(classes, source):
+    """Refuses a class named twice, even in another case (flips match sides in any case)."""
+    seen = {}
+    for name in classes:
+        if name.lower() in seen:
+            raise ValueError(f"{source}: classes {seen[name.lower()]!r} and {name!r} are one name "
+                             "twice (case aside)")
+        seen[name.lower()] = name
+
+
+def side_key(name, swap=False):
+    """`name`, its words left and right (any case and spelling) lower-cased, swapped if `swap`."""
+    sides = SIDES if swap else {side: side for side in SIDES}
+    return WORDS.sub(lambda word: sides.get(word[0].lower(), word[0]), name)
+
+
+def flip_partners(classes, source="the class names"):
+    """Label -> the label of its clips flipped horizontally: the class of its name with left and
+    right swapped (itself without either), None (never flipped) if none; `source`: for errors."""
+    check_names(classes, source)
+    index = {side_key(name): label for label, name in enumerate(classes)}
+    return [index.get(side_key(name, swap=True)) for name in classes]
 
 
 def describe_flips(classes):
@@ -306,12 +304,9 @@ def train_clip_indices(video_frames, num_frames, stride, rng):
 
 
 def multiview_clip_indices(video_frames, num_frames, stride, clips):
-    """(clips, num_frames) indices as today's mmaction2 SampleFrames(test_mode=True) places them
-    (mmaction/datasets/transforms/loading.py, _get_test_clips): a clip spans (T - 1) * stride + 1
-    frames; offsets round(k * max_offset / (clips - 1)) for max_offset = max(F - span, 0), first
-    and last included as in PySlowFast (one clip: max_offset // 2); indices past a short video
-    loop (mod F, out_of_bound_opt="loop"). mmaction2 0.x put clips at the middles of equal
-    segments, with a span of T * stride; the authors' code placed them its own way."""
+    """(clips, num_frames) indices as mmaction2's SampleFrames(test_mode=True) places them today:
+    clips evenly from the first to the last offset, as PySlowFast (one clip: the middle); indices
+    past a short video loop. mmaction2 0.x and the authors' code placed them otherwise."""
     max_offset = max(video_frames - ((num_frames - 1) * stride + 1), 0)
     offsets = np.array([max_offset // 2])
     if clips > 1:  # np.round as mmaction2: half to even
@@ -326,8 +321,7 @@ def uniform_train_indices(video_frames, num_frames, rng):
 
 
 def uniform_clip_indices(video_frames, num_frames, clips):
-    """(clips, num_frames): test clip c takes frame floor(F / T * (j + (c + 0.5) / C)) of segment
-    j (one clip: the segments' centre frames)."""
+    """(clips, num_frames): clip c takes frame floor(F / T * (j + (c + 0.5) / C)) of segment j."""
     j, c = np.arange(num_frames), np.arange(clips)[:, None]
     return np.floor(video_frames / num_frames * (j + (c + 0.5) / clips)).astype(np.int64)
 
@@ -342,8 +336,7 @@ class VideoError(Exception):
 
 
 def open_video(path):
-    """(capture, frames the header claims or 0, seekable): an indexed MJPEG .avi by OpenCV's reader,
-    the rest by FFmpeg."""
+    """(capture, header's frame count or 0, seekable): OpenCV's MJPEG reader, else FFmpeg."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoError(f"{path}: file not found")
@@ -380,9 +373,8 @@ def avi_index_size(path):
 
 
 def decode_frames(capture, path, indices, header_frames, seekable):
-    """RGB frames `indices` (any order, repeats allowed), each decoded once. Seekable: each read
-    where it is; past its index OpenCV's reader gives the last frame again: the index is the
-    length. Otherwise one forward walk, the frames between targets only grabbed (not converted)."""
+    """RGB frames `indices` (any order, repeats allowed), each decoded once: seeking (past its index
+    OpenCV's reader repeats the last frame), or in one forward walk, grabbing frames between."""
     frames, position = {}, 0  # position: the frame the walking decoder gives next
     for target in np.unique(indices):
         if seekable:
@@ -414,24 +406,22 @@ def missing_frame(path, target, decodable, header_frames):
 
 def read_clip(path, choose_indices):
     """Frames at choose_indices(frame count), an int array of any shape: indices.shape + (H, W, 3).
-    FFmpeg's headers only estimate some lengths: when the stream ends early (a header without a
-    count reads as endless, so that the walk finds the end), the indices are chosen again for the
-    frames that did decode."""
+    FFmpeg only estimates some lengths: when the stream ends early (a header without a count reads
+    as endless), the indices are chosen again for the frames that did decode."""
     capture, header_frames, seekable = open_video(path)
     try:
-        try:
-            indices = choose_indices(header_frames or 1 << 40)
-            clip = decode_frames(capture, path, indices, header_frames, seekable)
-        except VideoError as error:
-            if not error.decodable:
-                raise
-            capture.release()
-            capture = open_video(path)[0]
-            indices = choose_indices(error.decodable)
-            clip = decode_frames(capture, path, indices, header_frames, seekable)
-        return clip.reshape(indices.shape + clip.shape[1:])
+        indices = choose_indices(header_frames or 1 << 40)
+        clip = decode_frames(capture, path, indices, header_frames, seekable)
+    except VideoError as error:
+        if not error.decodable:
+            raise
+        capture.release()
+        capture = open_video(path)[0]
+        indices = choose_indices(error.decodable)
+        clip = decode_frames(capture, path, indices, header_frames, seekable)
     finally:
         capture.release()
+    return clip.reshape(indices.shape + clip.shape[1:])
 
 
 def read_frames(path, indices):
@@ -517,9 +507,8 @@ def multiview_transform(clips, img_size, crops):
 # files: written whole or not at all
 @contextlib.contextmanager
 def atomic_path(path):
-    """A path beside `path` to write a file or folder to, renamed to `path` when the block ends,
-    removed when it fails: never half a file under the real name. Hidden, .tmp-* (removed at the
-    next start), the extension kept."""
+    """A hidden path beside `path` (.tmp-*, the extension kept) to write a file or folder to,
+    renamed to `path` when the block ends, removed when it fails: never half a file."""
     folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".tmp-{os.urandom(4).hex()}-{name}")
@@ -555,20 +544,16 @@ def check_writable(path):
         raise OSError(f"{path}: cannot be written ({os_reason(error)})") from None
 
 
-
-# --lists: list files from the official annotations of UCF101, HMDB51, Something-Something-v2
-def parse_lines(path, parse):
-    """[parse(line)] of the lines of `path` that are not blank, stripped (CRLF, trailing spaces)."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f.read().splitlines()]
-    rows = []
-    for number, line in enumerate(lines, 1):
-        try:
-            rows += [parse(line)] if line else []
-        except (ValueError, KeyError, IndexError) as error:
-            problem = f"{type(error).__name__} {error}"
-            raise ValueError(f"{path}: line {number} {line!r} does not parse ({problem})") from None
-    return rows
+def read_text(path):
+    """The text of a UTF-8 file, less a BOM (official annotations may have one); other bytes: one
+    ValueError naming the file and line."""
+    with open(path, "rb") as f:
+        raw = f.read().removeprefix(b"\xef\xbb\xbf")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line}: not a text file (not UTF-8)") from None
 
 
 def refuse(message):  # argparse's errors as ValueError: one line and exit status 2, as all errors

@@ -2,7 +2,7 @@
 UCF101, HMDB51 and Something-Something-v2 from their official annotations, and the synthetic
 task that only a temporal model can learn.
 
-    python prepare.py --resize SRC DST [--short-side 320] [--workers N]
+    python prepare.py --resize SRC DST [--short-side 320] [--quality 90] [--workers N]
     python prepare.py --lists {ucf101,hmdb51,ssv2} SRC OUT [--split 1|2|3]
     python prepare.py --make-synthetic DIR [--seed 0]
 
@@ -18,31 +18,31 @@ import errno
 import filecmp
 import glob
 import json
-import multiprocessing
 import os
 import re
 import shutil
 import signal
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data import (VideoError, atomic_path, avi_index_size, check_writable, is_video, open_video,
-                  parse_lines, refuse, walk_files)
+from data import (VideoError, atomic_path, avi_index_size, check_names, check_writable, is_video,
+                  open_video, os_reason, read_text, refuse, walk_files)
 
-MJPEG_QUALITY = 90  # of the prepared copy's JPEGs; 95 costs 1.4x the disk and decodes slower
+JPEG_QUALITY = 90  # --quality's default; 95 costs 1.4x the disk and decodes slower
 PREPARED_VERSION = 1  # of prepare_video's files: a copy of another version is not resumed
 SYNTHETIC_CLASSES = ("down", "up")
 SYNTHETIC_VERSION = 3  # of synthetic_clip and its files: a cache of another version is not reused
 
 
 # --resize: the prepared copy, indexed MJPEG .avi files
-def write_mjpeg(path, frames, fps):
-    """BGR `frames` as an indexed MJPEG .avi, every frame one JPEG: OpenCV's reader seeks it
-    exactly. FFmpeg's writer takes OpenCV's JPEGs (its own MJPEG encoder makes files 1.6x larger and
-    slower to decode). Returns the count."""
+def write_mjpeg(path, frames, fps, quality=JPEG_QUALITY):
+    """BGR `frames` as an indexed MJPEG .avi, every frame one JPEG of `quality` (1..100): OpenCV's
+    reader seeks it exactly. FFmpeg's writer takes OpenCV's JPEGs (its own MJPEG encoder makes
+    files 1.6x larger and slower to decode). Returns the count."""
     writer, count = None, 0
     for count, frame in enumerate(frames, 1):
         if writer is None:
@@ -51,7 +51,7 @@ def write_mjpeg(path, frames, fps):
                                      frame.shape[1::-1], raw_jpegs)
             if not writer.isOpened():
                 raise OSError(errno.EIO, "OpenCV cannot write an MJPEG .avi here", path)
-        jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, MJPEG_QUALITY])[1]
+        jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
         writer.write(jpeg.reshape(1, -1))
     if writer is not None:
         writer.release()
@@ -66,16 +66,18 @@ def shrink(frame, short_side):
 
 
 def prepare_video(job):
-    """job (source, target, short_side): write `target` (.avi), every frame of `source` shrunk to
-    `short_side`, and read it back. Returns (broken, message to print), a broken video reported,
-    not raised: a pool goes on. A write that fails raises OSError."""
-    source, target, short_side = job
+    """job (source, target, short_side, quality): write `target` (.avi), every frame of `source`
+    shrunk to `short_side`, JPEGs of `quality`, and read it back. Returns (broken, message to
+    print), a broken video reported, not raised: a pool goes on. A write that fails raises
+    OSError."""
+    source, target, short_side, quality = job
     capture = None
     try:
         with atomic_path(target) as partial:
             capture, header_frames = open_video(source)[:2]
             frames = (shrink(frame, short_side) for _, frame in iter(capture.read, (False, None)))
-            written = write_mjpeg(partial, frames, capture.get(cv2.CAP_PROP_FPS) or 30.0)
+            written = write_mjpeg(partial, frames, capture.get(cv2.CAP_PROP_FPS) or 30.0,
+                                  quality)
             if not written:
                 raise VideoError(f"{source}: no frame could be decoded")
             check_written(partial, written)
@@ -102,31 +104,44 @@ def check_written(path, count):
         raise OSError(errno.EIO, f"{found} of its {count} frames read back (disk full?)", path)
 
 
-def resize_dataset(source_root, target_root, short_side, workers):
-    """The prepared copy: the same layout, each video an MJPEG .avi of short side `short_side`,
-    other files copied, the settings in target_root/prepared.json. Resumable: a video whose .avi
-    exists is skipped (atomic_path wrote it once prepare_video read it back)."""
+def resize_dataset(source_root, target_root, short_side, workers, quality=JPEG_QUALITY):
+    """The prepared copy: the same layout, each video an MJPEG .avi of short side `short_side` and
+    JPEG `quality`, other files copied, the settings in target_root/prepared.json. Resumable: a
+    video whose .avi exists is skipped (atomic_path wrote it once prepare_video read it back)."""
     source_root, target_root = os.path.realpath(source_root), os.path.realpath(target_root)
     inside = os.path.commonpath([source_root, target_root]) == source_root
     if not os.path.isdir(source_root) or short_side < 2 or inside:
         raise ValueError(f"--resize {source_root} {target_root}: the source must be a folder, "
                          f"the target outside it (symlinks resolved), and --short-side at least 2")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"--quality {quality}: a JPEG quality is 1..100")
     remove_leftovers(target_root)
-    record_settings(target_root, dict(short_side=short_side, mjpeg_quality=MJPEG_QUALITY,
+    record_settings(target_root, dict(short_side=short_side, mjpeg_quality=quality,
                                       version=PREPARED_VERSION))
-    jobs = plan_copy(source_root, target_root, short_side)
+    jobs = plan_copy(source_root, target_root, (short_side, quality))
     try:
-        with multiprocessing.Pool(max(1, workers), quiet_worker) as pool:
-            results = list(tqdm(pool.imap_unordered(prepare_video, jobs), total=len(jobs),
-                                desc="preparing"))
+        results = run_jobs(jobs, workers)
     finally:
-        remove_leftovers(target_root)  # of the workers a failure or Ctrl-C terminated
+        remove_leftovers(target_root)  # of workers a failure stopped, or a kill
     failures = [message for broken, message in results if broken]
     for message in filter(None, (message for _, message in results)):
         print(f"data: {message}", file=sys.stderr)
     print(f"prepared {len(jobs) - len(failures)} videos in {target_root} "
           f"({len(failures)} broken, skipped)")
     return failures
+
+
+def run_jobs(jobs, workers):
+    """[prepare_video(job)] in `workers` processes. On a failure or Ctrl-C the videos not begun are
+    cancelled and those begun end, rather than be killed: multiprocessing.Pool's terminate() can
+    kill a worker holding its result queue's lock, then wait for that lock forever."""
+    with ProcessPoolExecutor(max(1, workers), initializer=quiet_worker) as pool:
+        futures = [pool.submit(prepare_video, job) for job in jobs]
+        try:
+            with tqdm(as_completed(futures), total=len(jobs), desc="preparing") as done:
+                return [future.result() for future in done]
+        finally:
+            pool.shutdown(cancel_futures=True)
 
 
 def remove_leftovers(target_root):
@@ -152,9 +167,10 @@ def record_settings(target_root, settings):
             f.write(wanted)
 
 
-def plan_copy(source_root, target_root, short_side):
-    """The jobs of the videos not yet prepared, once every other file is copied; refuses two
-    videos that would be prepared as one .avi, and a target folder that cannot be written."""
+def plan_copy(source_root, target_root, settings):
+    """The jobs (source, avi, *settings) of the videos not yet prepared, once every other file is
+    copied; refuses two videos that would be prepared as one .avi, and a target folder that
+    cannot be written."""
     jobs, sources = [], {}
     for path in walk_files(source_root):
         target = os.path.join(target_root, os.path.relpath(path, source_root))
@@ -168,8 +184,8 @@ def plan_copy(source_root, target_root, short_side):
         elif sources.setdefault(avi, path) != path:
             raise ValueError(f"{sources[avi]} and {path}: both would be prepared as {avi}")
         elif not os.path.exists(avi):
-            jobs.append((path, avi, short_side))
-    for avi in {os.path.dirname(avi): avi for _, avi, _ in jobs}.values():
+            jobs.append((path, avi, *settings))
+    for avi in {os.path.dirname(job[1]): job[1] for job in jobs}.values():
         check_writable(avi)
     return jobs
 
@@ -241,13 +257,40 @@ def make_synthetic(root, *, train_per_class=100, val_per_class=25, num_frames=32
 
 
 # --lists: list files from the official annotations of UCF101, HMDB51, Something-Something-v2
+def parse_lines(path, parse):
+    """[parse(line)] of the lines of `path` that are not blank, stripped (CRLF, trailing spaces)."""
+    rows = []
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        try:
+            rows += [parse(line.strip())] if line.strip() else []
+        except (ValueError, KeyError, IndexError) as error:
+            problem = f"{type(error).__name__} {error}"
+            raise ValueError(f"{path}: line {number} {line.strip()!r} does not parse "
+                             f"({problem})") from None
+    return rows
+
 
 def numbered_names(pairs, path, first):
-    """The names of (number, name) pairs in the order of their numbers first, first + 1, ..."""
+    """The names of (number, name) pairs in the order of their numbers first, first + 1, ...;
+    a number is digits [0-9] (a str or an int)."""
+    if not pairs:
+        raise ValueError(f"{path}: names no class")
+    bad = next((n for n, _ in pairs if not re.fullmatch("[0-9]+", str(n))), None)
+    if bad is not None:
+        raise ValueError(f"{path}: class number {bad!r} is not a number [0-9]+")
     pairs = sorted((int(number), name) for number, name in pairs)
     if [number for number, _ in pairs] != list(range(first, first + len(pairs))):
         raise ValueError(f"{path}: the class numbers are not {first}..{first + len(pairs) - 1}")
+    check_names([name for _, name in pairs], path)
     return [name for _, name in pairs]
+
+
+def class_line(line):
+    """(number, name) of a classInd.txt line "1 ApplyEyeMakeup"."""
+    numbered = re.fullmatch(r"([0-9]+)\s+(\S+)", line)
+    if not numbered:
+        raise ValueError("expected 'number ClassName', a name without spaces")
+    return numbered.groups()
 
 
 def ucf101_lists(src, split):
@@ -255,7 +298,7 @@ def ucf101_lists(src, split):
     g08_c01.avi 1", 1-based) and testlist0N.txt (paths only, labelled by their folder: the file
     names of HandstandPushups/ spell HandStandPushups). Paths as listed, which is as on disk."""
     index_file = os.path.join(src, "classInd.txt")
-    classes = numbered_names(parse_lines(index_file, str.split), index_file, 1)
+    classes = numbered_names(parse_lines(index_file, class_line), index_file, 1)
     index = {name: label for label, name in enumerate(classes)}
     by_number = {str(label + 1): label for label in range(len(classes))}
     train = parse_lines(os.path.join(src, f"trainlist0{split}.txt"), lambda line: (
@@ -267,18 +310,21 @@ def ucf101_lists(src, split):
 
 def hmdb51_lists(src, split):
     """(train, val, classes) of <class>_test_split<N>.txt, lines "video.avi 1 ": 1 train, 2 test,
-    0 unused; classes in name order."""
+    0 unused; classes in name order (as mmaction2's label map; not the files' order, where
+    climb_stairs_test... comes before climb_test...)."""
     suffix = f"_test_split{split}.txt"
-    files = sorted(glob.glob(os.path.join(glob.escape(src), "*" + suffix)))
+    files = glob.glob(os.path.join(glob.escape(src), "*" + suffix))
     if not files:
         raise ValueError(f"{src}: no HMDB51 split files *{suffix}")
-    classes, train, val = [os.path.basename(path)[:-len(suffix)] for path in files], [], []
+    by_name = {os.path.basename(path)[:-len(suffix)]: path for path in files}
+    classes, train, val = sorted(by_name), [], []
+    check_names(classes, src)
 
     def parse(line):
         video, code = line.rsplit(maxsplit=1)
         return video, {"0": [], "1": train, "2": val}[code]
-    for label, (name, path) in enumerate(zip(classes, files)):
-        for video, rows in parse_lines(path, parse):
+    for label, name in enumerate(classes):
+        for video, rows in parse_lines(by_name[name], parse):
             rows.append((f"{name}/{video}", label))
     return train, val, classes
 
@@ -292,21 +338,24 @@ def ssv2_lists(src, split):
     paths = [os.path.join(src, f"something-something-v2-{part}.json")
              for part in ("labels", "train", "validation")]
     loaded = {}
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            try:
-                loaded[path] = json.load(f)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}: not JSON ({error})") from None
-    numbered = ((n, name) for name, n in loaded[paths[0]].items())
-    classes = numbered_names(numbered, paths[0], 0)
+    for path, kind in zip(paths, (dict, list, list)):
+        try:
+            loaded[path] = json.loads(read_text(path))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not JSON ({error})") from None
+        if not isinstance(loaded[path], kind):
+            raise ValueError(f"{path}: a JSON {type(loaded[path]).__name__}, not a {kind.__name__}")
+    classes = numbered_names([(n, name) for name, n in loaded[paths[0]].items()], paths[0], 0)
     index = {name: label for label, name in enumerate(classes)}
-    try:
-        lists = [[(f"{video['id']}.webm", index[re.sub(r"[][]", "", video["template"])])
-                  for video in loaded[path]] for path in paths[1:]]
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{src}: a video without an id, or of a template not in "
-                         f"{paths[0]} ({error})") from None
+    lists = [[], []]
+    for path, rows in zip(paths[1:], lists):
+        for number, video in enumerate(loaded[path], 1):
+            try:
+                rows.append((f"{video['id']}.webm",
+                             index[re.sub(r"[][]", "", video["template"])]))
+            except (KeyError, TypeError) as error:
+                raise ValueError(f"{path}: video {number}: no id, or a template not in "
+                                 f"{paths[0]} ({type(error).__name__} {error})") from None
     return *lists, classes
 
 
@@ -315,20 +364,45 @@ LIST_READERS = {"ucf101": ucf101_lists, "hmdb51": hmdb51_lists, "ssv2": ssv2_lis
 
 def write_lists(dataset, src, out, split="1"):
     """OUT/train.txt and OUT/val.txt ("relative/path label", relative to the video folder) and
-    OUT/classes.txt (line i: the name of label i), each written whole; all read first."""
+    OUT/classes.txt (line i: the name of label i), all read first; written all three or none."""
     if split not in ("1", "2", "3"):
         raise ValueError(f"--split {split}: UCF101 and HMDB51 have splits 1, 2 and 3")
     train, val, classes = LIST_READERS[dataset](src, split)
-    texts = {"classes.txt": "".join(f"{name}\n" for name in classes)}
+    texts = {os.path.join(out, "classes.txt"): "".join(f"{name}\n" for name in classes)}
     for name, rows in (("train", train), ("val", val)):
         if not rows:
             raise ValueError(f"{src}: no {name} videos in split {split}")
-        texts[f"{name}.txt"] = "".join(f"{path} {label}\n" for path, label in rows)
-    for name, text in texts.items():
-        with atomic_path(os.path.join(out, name)) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        texts[os.path.join(out, f"{name}.txt")] = "".join(f"{path} {label}\n"
+                                                          for path, label in rows)
+    write_together(texts)
     print(f"{dataset} split {split}: {len(classes)} classes, {len(train)} train / {len(val)} val "
           f"videos; {out}/train.txt, val.txt, classes.txt")
+
+
+def write_together(texts):
+    """Writes {path: text} all or none: each text is written to a hidden file beside its path,
+    synced and read back before the first is renamed, so that a full disk leaves an older set
+    as it was."""
+    for path in texts:
+        check_writable(path)  # a folder in the way is refused before any file changes
+    hidden = {path: os.path.join(os.path.dirname(path), f".tmp-{os.urandom(4).hex()}-"
+                                 + os.path.basename(path)) for path in texts}
+    try:
+        for path, text in texts.items():
+            with open(hidden[path], "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            if read_text(hidden[path]) != text:
+                raise OSError(errno.EIO, "reads back other text")
+        for path in texts:
+            os.replace(hidden[path], path)
+    except OSError as error:
+        raise OSError(error.errno, f"{path}: cannot be written ({os_reason(error)})") from None
+    finally:
+        for partial in hidden.values():
+            with contextlib.suppress(OSError):
+                os.remove(partial)
 
 
 # command line
@@ -346,6 +420,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="--make-synthetic: random seed")
     parser.add_argument("--short-side", type=int, default=320,
                         help="--resize: short side in pixels (default 320)")
+    parser.add_argument("--quality", type=int, default=JPEG_QUALITY,
+                        help=f"--resize: JPEG quality 1..100 (default {JPEG_QUALITY})")
     parser.add_argument("--workers", type=int, help="--resize: processes (default: all cores)")
     parser.add_argument("--split", default="1", help="--lists: 1, 2 or 3 (default 1)")
     try:
@@ -354,7 +430,8 @@ def main(argv=None):
             classes = make_synthetic(args.make_synthetic, seed=args.seed)
             print(f"synthetic classes {classes} in {args.make_synthetic}")
         elif args.resize:
-            resize_dataset(*args.resize, args.short_side, args.workers or os.cpu_count() or 1)
+            resize_dataset(*args.resize, args.short_side, args.workers or os.cpu_count() or 1,
+                           args.quality)
         elif args.lists[0] not in LIST_READERS:
             refuse(f"--lists {args.lists[0]}: choose from {', '.join(LIST_READERS)}")
         else:
