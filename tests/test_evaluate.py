@@ -275,14 +275,45 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1 and named in result.stderr, (argv, result.stderr)
 
 
-def test_the_readme_results_table_is_what_table_makes_of_the_kept_reports():
-    """README's synthetic results come from results/*.json by the command the README gives."""
-    kept = [os.path.join(REPO, "results", f"synthetic-{v}-s{seed}.json")
-            for v in ("vit", "tokenshift", "KV", "pKV") for seed in range(3)]
-    reports = [path for path in kept if os.path.isfile(path)]
-    assert len(reports) >= 6  # vit and KV over three seeds at least
-    with open(os.path.join(REPO, "README.md")) as f:
-        assert evaluate.results_table(reports) in f.read()
+SYNTHETIC_VARIANTS = ("vit", "tokenshift", "KV", "pKV")
+
+
+def kept_reports(order):
+    """results/ as the README's --table commands list them: variant by variant, seeds 0, 1, 2."""
+    suffix = "" if order == "original" else f"-{order}"
+    return [os.path.join(REPO, "results", f"synthetic-{v}-s{seed}{suffix}.json")
+            for v in SYNTHETIC_VARIANTS for seed in range(3)]
+
+
+def readme():
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("order", ["original", "reversed"])
+def test_the_readme_results_tables_are_what_table_makes_of_the_kept_reports(order):
+    """README's synthetic results come from results/*.json by the commands the README gives."""
+    reports = kept_reports(order)
+    assert all(os.path.isfile(path) for path in reports)
+    assert evaluate.results_table(reports) in readme()
+
+
+def test_the_readme_ranges_over_seeds_are_those_of_the_kept_reports():
+    """The README's summary: per variant, the lowest and highest 30-view top-1 over the seeds."""
+    rows = []
+    for v in SYNTHETIC_VARIANTS:
+        ranges = []
+        for order in ("original", "reversed"):
+            top1 = []
+            for path in kept_reports(order):
+                with open(path) as f:
+                    report = json.load(f)
+                if report["variant"] == v:
+                    assert report["frame_order"] == order
+                    top1.append(report["top1"])
+            ranges.append(f"{min(top1):.1f}-{max(top1):.1f}")
+        rows.append(f"| {v} | 0, 1, 2 | {ranges[0]} | {ranges[1]} |")
+    assert "\n".join(rows) in readme()
 
 
 def test_one_video_prints_its_top_classes_as_a_naive_30_view_loop_does(tmp_path):
