@@ -4,7 +4,7 @@ occluding disks of power-law radii, 1/f-textured, over a smooth background) seen
 pans, zooms and shakes, with textured objects that move, turn and deform, exposure drift and sensor
 noise. The frames need numpy and OpenCV only; write_h264 (PyAV, x264 at CRF 23 as YouTube's 360p
 and the 256-short-side copies of Kinetics) is for the measurement, write_opencv for CI. The detail
-is set so that x264 needs about 200-600 kbit/s at 640x360 and so that the copies' sizes and PSNR
+is set so that x264 needs about 300-600 kbit/s at 640x360 and so that the copies' sizes and PSNR
 come within 10% and 1 dB of those measured on real Kinetics-like footage.
 """
 import os
@@ -12,7 +12,7 @@ import os
 import cv2
 import numpy as np
 
-# the measurement's sources (width, height, fps): 360p as YouTube's, 256-short-side as the copies
+# the measurement's sources (width, height, fps): YouTube's 360p, Kinetics' 256-short-side copies
 SOURCES = [(640, 360, 30), (640, 360, 25), (454, 256, 30), (640, 360, 30), (340, 256, 25),
            (640, 360, 25), (454, 256, 25), (640, 360, 30), (340, 256, 30), (640, 360, 25)]
 CRF = 23
@@ -113,7 +113,7 @@ def write_h264(path, seed, width, height, fps, seconds):
 def write_opencv(path, seed, width, height, fps, seconds):
     """The same clip as an .mp4 of MPEG-4 part 2 by cv2.VideoWriter (CI has no PyAV). Like x264 at
     Kinetics' rates, and unlike an MJPEG at high quality, it smooths much of the sensor noise away:
-    copies of these clips measure within 0.5 dB of copies of the H.264 ones."""
+    copies of these clips measure within about 0.5 dB of copies of the H.264 ones."""
     os.makedirs(os.path.dirname(os.fspath(path)), exist_ok=True)
     writer = cv2.VideoWriter(os.fspath(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
