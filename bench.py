@@ -20,7 +20,7 @@ from contextlib import nullcontext
 
 
 def interrupted(signum, frame):  # while the imports below load: one line, not a traceback
-    print("bench.py: interrupted", file=sys.stderr)
+    print(f"{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
     os._exit(130)  # nothing started yet that would need finishing
 
 
@@ -322,7 +322,7 @@ def main(argv=None):
         print(f"bench.py: error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("bench.py: interrupted", file=sys.stderr)
+        print(f"{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
         sys.exit(130)
 
 

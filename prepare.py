@@ -25,12 +25,20 @@ import shutil
 import signal
 import sys
 
+
+def interrupted(signum, frame):  # while the imports below load: one line, not a traceback
+    print(f"{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
+    os._exit(130)  # nothing started yet that would need finishing
+
+
+SIGINT_HANDLER = signal.signal(signal.SIGINT, interrupted)
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from data import (VideoError, atomic_path, avi_index_size, check_writable, is_video, open_video,
                   parse_lines, refuse, walk_files)
+signal.signal(signal.SIGINT, SIGINT_HANDLER)  # Python's own again: main() answers a Ctrl-C
 
 MJPEG_QUALITY = 90  # of the prepared copy's JPEGs; 95 costs 1.4x the disk and decodes slower
 PREPARED_VERSION = 1  # of prepare_video's files: a copy of another version is not resumed
