@@ -322,7 +322,7 @@ def main(argv=None):
         print(f"bench.py: error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
+        print("bench.py: interrupted", file=sys.stderr)
         sys.exit(130)
 
 
