@@ -1,10 +1,8 @@
-"""What every variant and the loader cost.
-
-The model: forward+backward steps of every variant against ViT, timed in turns so that a shared
-machine's drift hits all alike: median step time, clips/s, saved activations, peak memory (GPU),
-TFLOP/s and MFU. MSCA computes exactly MSA's FLOPs; what it costs beyond is the shift's copy.
-The loader: training clips/s (decoding and augmentation) of datasets on one core and with
-DataLoader workers, e.g. the prepared copy against the original videos.
+"""What every variant and the loader cost. The model: forward+backward steps of every variant
+against ViT, timed in turns so that a shared machine's drift hits all alike: median step time,
+clips/s, saved activations, peak memory (GPU), TFLOP/s and MFU. MSCA computes exactly MSA's FLOPs;
+what it costs beyond is the shift's copy. The loader: training clips/s of datasets on one core and
+with DataLoader workers, e.g. the prepared copy against the original videos.
 
     python bench.py                                   # all 16 variants against vit
     python bench.py --variants tokenshift KV pKV --repeats 20 --json cost.json
@@ -14,11 +12,19 @@ DataLoader workers, e.g. the prepared copy against the original videos.
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import time
 from contextlib import nullcontext
 
+
+def interrupted(signum, frame):  # while the imports below load: one line, not a traceback
+    print(f"{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
+    os._exit(130)  # nothing started yet that would need finishing
+
+
+SIGINT_HANDLER = signal.signal(signal.SIGINT, interrupted)
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,6 +34,7 @@ from tqdm import tqdm
 
 import data
 import vit
+signal.signal(signal.SIGINT, SIGINT_HANDLER)  # Python's own again: main() answers a Ctrl-C
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, matched against the GPU's
 # name; the first match wins, so the more specific names come first.
@@ -36,56 +43,47 @@ PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OPTIMIZERS = ("sgd", "sgd-fused", "adamw", "adamw-fused")
 AUTHORS = "vit (fp32, math attention)"  # their code: fp32, attention as matmul and softmax
+GPU_CLIPS = 450  # clips/s a GPU trains on: the loader's cores needed to keep up
+# the least value of each number (--shift-div 1: all D channels from t-1, none from t+1)
+LEAST = dict(img_size=1, frames=1, batch_size=1, warmup=1, repeats=1, clips=1, stride=1,
+             shift_div=2)
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.error = data.refuse
-    p.add_argument("--loader", nargs="+", metavar="ROOT",
-                   help="time the loader on these datasets instead of the model")
-    p.add_argument("--variants", nargs="+", choices=vit.VARIANTS, default=list(vit.VARIANTS),
-                   help="variants to time against vit (default: all 16)")
-    p.add_argument("--size", choices=vit.SIZES, help="ViT size (default B/16 on a GPU, Ti/16 on CPU)")
-    p.add_argument("--img-size", type=int, help="frame size (default 224; model on CPU: 112)")
-    p.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
-    p.add_argument("--heads", type=int, default=2, help="heads MSCA shifts (default 2)")
-    p.add_argument("--patches", type=int, default=16, help="patches pMSCA shifts (default 16)")
-    p.add_argument("--shift-div", type=int, default=4,
-                   help="TokenShift moves D/div channels each way (default 4)")
-    p.add_argument("--shift-layout", choices=vit.LAYOUTS, default="paper",
-                   help="which heads and channels look back (default paper)")
-    p.add_argument("--batch-size", type=int, help="clips per step (default 21 on a GPU, 2 on CPU)")
-    p.add_argument("--amp", choices=vit.AMP, default="auto",
-                   help="auto: bf16 on GPUs that have it; fp32 on CPU")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (default 2)")
-    p.add_argument("--repeats", type=int, default=10, help="timed steps per variant (default 10)")
-    p.add_argument("--peak-tflops", type=float,
-                   help="the GPU's dense bf16 peak (default from its name)")
-    p.add_argument("--compile", action="store_true", help="time vit.compile_blocks models")
-    p.add_argument("--compile-mode", choices=COMPILE_MODES,
-                   help="torch.compile's mode (implies --compile)")
-    p.add_argument("--optimizer-step", choices=OPTIMIZERS,
-                   help="time the optimizer's step too (lr 1e-6), e.g. sgd-fused")
-    p.add_argument("--against-authors", action="store_true",
-                   help=f"also time {AUTHORS!r}, as the authors' code runs ViT")
-    p.add_argument("--json", help="write the model report here as JSON")
-    p.add_argument("--annotations", help="--loader: the videos' list (Kinetics CSV or list file)")
-    p.add_argument("--split", default="train", help="--loader: the split (default train)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="--loader: DataLoader workers (default 0: one core only)")
-    p.add_argument("--clips", type=int, default=100, help="--loader: clips per dataset (default 100)")
-    p.add_argument("--stride", type=int, default=32,
-                   help="--loader: frames between sampled frames (default 32)")
-    p.add_argument("--gpu-clips", type=float, default=450,
-                   help="--loader: clips/s the GPU eats (default 450)")
+    add = p.add_argument
+    add("--loader", nargs="+", metavar="ROOT", help="time the loader on these datasets instead")
+    add("--variants", nargs="+", choices=vit.VARIANTS, default=list(vit.VARIANTS),
+        help="variants to time against vit (default: all 16)")
+    add("--size", choices=vit.SIZES, help="ViT size (default B/16 on a GPU, Ti/16 on CPU)")
+    add("--img-size", type=int, help="frame size (default 224; model on CPU: 112)")
+    add("--frames", type=int, default=8, help="frames per clip (default 8)")
+    add("--heads", type=int, default=2, help="heads MSCA shifts (default 2)")
+    add("--patches", type=int, default=16, help="patches pMSCA shifts (default 16)")
+    add("--shift-div", type=int, default=4, help="TokenShift moves D/div channels each way (4)")
+    add("--shift-layout", choices=vit.LAYOUTS, default="paper", help="who looks back (paper)")
+    add("--batch-size", type=int, help="clips per step (default 21 on a GPU, 2 on CPU)")
+    add("--amp", choices=vit.AMP, default="auto", help="auto: bf16 on a GPU with it, CPU fp32")
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--warmup", type=int, default=2, help="untimed steps per variant (default 2)")
+    add("--repeats", type=int, default=10, help="timed steps per variant (default 10)")
+    add("--peak-tflops", type=float, help="the GPU's dense bf16 peak (default from its name)")
+    add("--compile", action="store_true", help="time vit.compile_blocks models")
+    add("--compile-mode", choices=COMPILE_MODES, help="torch.compile's mode (implies --compile)")
+    add("--optimizer-step", choices=OPTIMIZERS, help="time the optimizer's step too (lr 1e-6)")
+    add("--against-authors", action="store_true", help=f"also time {AUTHORS!r}, as they ran ViT")
+    add("--json", help="write the model report here as JSON")
+    add("--annotations", help="--loader: the videos' list (Kinetics CSV or list file)")
+    add("--workers", type=int, default=0, help="--loader: DataLoader workers (default 0)")
+    add("--clips", type=int, default=100, help="--loader: clips per dataset (default 100)")
+    add("--stride", type=int, default=32, help="--loader: frames between sampled frames (32)")
     args = p.parse_args(argv)
-    for flag in ("img_size", "frames", "batch_size", "warmup", "repeats", "shift_div", "clips",
-                 "stride"):
+    for flag, least in LEAST.items():
         value = getattr(args, flag)
-        if value is not None and value < 1:
-            p.error(f"--{flag.replace('_', '-')} {value}: must be a positive integer")
+        if value is not None and value < least:
+            p.error(f"--{flag.replace('_', '-')} {value}: must be at least {least}")
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         p.error(f"--peak-tflops {args.peak_tflops}: must be a positive number of TFLOP/s")
     if args.json:
@@ -93,19 +91,14 @@ def parse_args(argv):
     return args
 
 
-# -----------------------------------------------------------------------------
-# the model
-
-
+# the model ---------------------------------------------------------------------------------------
 def train_flops(model, frames, img_size, batch_size, num_classes):
     """Matmul FLOPs of one forward+backward step, counted analytically (2 per multiply-add).
 
     Per frame, with L = N + 1 tokens of width D, patch size P and MLP width M: patch embedding
     2*N*3P^2*D; per block 2*L*D*3D (qkv) + 2*L*L*D (QK^T) + 2*L*L*D (AV) + 2*L*D*D (proj)
-    + 2*L*D*M*2 (MLP); head 2*D*C on every frame's class token. Backward costs twice the
-    forward. MSCA only changes which frame some heads/tokens come from and TokenShift moves a
-    few channels, so the count is the same for every variant; the timings show the overhead.
-    """
+    + 2*L*D*M*2 (MLP); head 2*D*C on every frame's class token; backward twice the forward. The
+    same for every variant: the shifts move values, not FLOPs; the timings show their overhead."""
     state = model.state_dict()
     width, patch = state["cls_token"].shape[-1], state["patch_embed.proj.weight"].shape[-1]
     mlp, depth = state["blocks.0.mlp.fc1.weight"].shape[0], len(model.blocks)
@@ -115,15 +108,6 @@ def train_flops(model, frames, img_size, batch_size, num_classes):
              + 2 * tokens * width * width + 4 * tokens * width * mlp)
     frame = 2 * n * 3 * patch * patch * width + depth * block + 2 * width * num_classes
     return 3 * batch_size * frames * frame
-
-
-def train_step(model, video, labels, amp_dtype, optimizer=None):
-    model.zero_grad(set_to_none=True)
-    with vit.autocast(video.device, amp_dtype):
-        loss = F.cross_entropy(model(video).float(), labels)
-    loss.backward()
-    if optimizer is not None:
-        optimizer.step()
 
 
 def make_optimizer(name, model):
@@ -143,12 +127,15 @@ def timed_step(model, video, labels, amp_dtype, optimizer=None):
         torch.cuda.reset_peak_memory_stats()
     resident = torch.cuda.memory_allocated() if cuda else 0
     start = time.perf_counter()
-    train_step(model, video, labels, amp_dtype, optimizer)
+    with vit.autocast(video.device, amp_dtype):
+        loss = F.cross_entropy(model(video).float(), labels)
+    loss.backward()
+    if optimizer is not None:
+        optimizer.step()
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() - resident if cuda else None
-    return seconds, peak
+    return seconds, (torch.cuda.max_memory_allocated() - resident if cuda else None)
 
 
 def saved_activation_bytes(model, video, labels, amp_dtype):
@@ -163,39 +150,32 @@ def saved_activation_bytes(model, video, labels, amp_dtype):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        train_step(model, video, labels, amp_dtype)
+        timed_step(model, video, labels, amp_dtype)
     return sum(storages.values())
-
-
-def attention_backend(variant):
-    """The math backend (matmul, softmax) for AUTHORS; SDPA chooses its kernel for the others."""
-    return sdpa_kernel(SDPBackend.MATH) if variant == AUTHORS else nullcontext()
 
 
 def benchmark_speed(variants, *, size, img_size, frames, batch_size, device, shapes=None,
                     amp_dtype=None, warmup=2, repeats=10, num_classes=400, peak_tflops=None,
                     compile_options=None, optimizer=None):
-    """Forward+backward cost of every variant against the first (vit), measured round-robin so
-    that drift hits all alike: median step time, clips/s, saved activations, peak memory (GPU),
-    TFLOP/s, MFU. AUTHORS is ViT as their code runs it: eager, fp32, math attention.
-    shapes: build_model's heads, patches, shift_div, shift_layout (None: its defaults);
+    """A row per variant: median step time, ratios against the first (vit), clips/s, saved
+    activations, peak memory (GPU), TFLOP/s, MFU; timed round-robin. AUTHORS: ViT as their code
+    runs it. shapes: build_model's heads, patches, shift_div, shift_layout;
     compile_options: of vit.compile_blocks (None: eager); optimizer: one of OPTIMIZERS."""
     torch.manual_seed(0)
     models = {v: vit.build_model("vit" if v == AUTHORS else v, num_classes, frames, size=size,
                                  img_size=img_size, **(shapes or {})).to(device).train()
               for v in variants}
-    dtypes = {v: None if v == AUTHORS else amp_dtype for v in variants}
     video = torch.rand(batch_size, 3, frames, img_size, img_size, device=device) * 2 - 1
     labels = torch.randint(num_classes, (batch_size,), device=device)
     optimizers = {v: optimizer and make_optimizer(optimizer, models[v]) for v in variants}
 
     def step(v, run=timed_step, **extra):
-        with attention_backend(v):
-            return run(models[v], video, labels, dtypes[v], **extra)
+        # AUTHORS: the math backend (matmul, softmax); SDPA chooses its kernel for the others
+        with sdpa_kernel(SDPBackend.MATH) if v == AUTHORS else nullcontext():
+            return run(models[v], video, labels, None if v == AUTHORS else amp_dtype, **extra)
 
     saved = {v: step(v, saved_activation_bytes) for v in variants}
-    # every block kind is one entry in the compile cache of Block.forward: past the limit the
-    # kinds after the first few would run eagerly
+    # each block kind is an entry of Block.forward's compile cache: past the limit it runs eagerly
     dynamo = torch._dynamo.config
     dynamo.recompile_limit = max(dynamo.recompile_limit, len(variants))
     for v in variants:
@@ -213,24 +193,17 @@ def benchmark_speed(variants, *, size, img_size, frames, batch_size, device, sha
             times[v].append(seconds)
             peaks[v] = max(peaks[v], peak or 0)
     flops = train_flops(models[variants[0]], frames, img_size, batch_size, num_classes)
-    steps = {v: statistics.median(times[v]) for v in variants}
-    return speed_rows(steps, first_step, saved, peaks, flops, batch_size, device, peak_tflops)
-
-
-def speed_rows(steps, first_step, saved, peaks, flops, batch_size, device, peak_tflops):
-    """A row per variant of {variant: median step seconds}, ratios against the first."""
-    base = next(iter(steps))
+    base, steps = variants[0], {v: statistics.median(times[v]) for v in variants}
     rows = []
     for v, step in steps.items():
-        row = {"variant": v, "step_ms": 1000 * step, "ratio": step / steps[base],
-               "first_step_s": first_step[v],
-               "clips_per_s": batch_size / step, "activation_mib": saved[v] / 2**20,
-               "activation_ratio": saved[v] / saved[base], "tflops": flops / step / 1e12}
+        rows.append({"variant": v, "step_ms": 1000 * step, "ratio": step / steps[base],
+                     "first_step_s": first_step[v], "clips_per_s": batch_size / step,
+                     "activation_mib": saved[v] / 2**20, "activation_ratio": saved[v] / saved[base],
+                     "tflops": flops / step / 1e12})
         if device.type == "cuda":
-            row.update(peak_mib=peaks[v] / 2**20, peak_ratio=peaks[v] / peaks[base])
+            rows[-1].update(peak_mib=peaks[v] / 2**20, peak_ratio=peaks[v] / peaks[base])
         if peak_tflops:
-            row["mfu"] = row["tflops"] / peak_tflops
-        rows.append(row)
+            rows[-1]["mfu"] = rows[-1]["tflops"] / peak_tflops
     return rows
 
 
@@ -243,10 +216,9 @@ def speed_table(rows):
             ("x ViT", "peak_ratio", "{:.3f}"), ("TFLOP/s", "tflops", "{:.1f}"),
             ("MFU", "mfu", "{:.1%}")]
     cols = [c for c in cols if c[1] in rows[0]]
-    lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
-    for row in rows:
-        lines.append("| " + " | ".join(fmt.format(row[key]) for _, key, fmt in cols) + " |")
-    return "\n".join(lines)
+    cells = [[name for name, _, _ in cols]] + [[f.format(r[k]) for _, k, f in cols] for r in rows]
+    lines = ["| " + " | ".join(line) + " |" for line in cells]
+    return "\n".join([lines[0], "|" + "---|" * len(cols), *lines[1:]])
 
 
 def run_speed(args, device):
@@ -258,8 +230,7 @@ def run_speed(args, device):
     amp_dtype = vit.amp_dtype(args.amp, device)
     threads = f"CPU, {torch.get_num_threads()} threads"
     device_name = torch.cuda.get_device_name(device) if cuda else threads
-    known = (tflops for name, tflops in PEAK_BF16_TFLOPS if cuda and name in device_name)
-    peak = args.peak_tflops or next(known, None)
+    peak = args.peak_tflops or next((t for n, t in PEAK_BF16_TFLOPS if n in device_name), None)
     compiled = args.compile or args.compile_mode is not None
     variants = ["vit"] + [v for v in args.variants if v != "vit"] + [AUTHORS] * args.against_authors
     shapes = dict(heads=args.heads, patches=args.patches, shift_div=args.shift_div,
@@ -280,38 +251,31 @@ def run_speed(args, device):
     if peak:
         title += f", MFU against a dense bf16 peak of {peak:g} TFLOP/s"
     print(title, speed_table(rows), sep="\n")
-    ours = [r for r in rows if r["variant"] != AUTHORS]
-    worst = max(ours, key=lambda r: r["ratio"])
-    most = max(r["activation_ratio"] for r in ours)
+    ours = rows[:len(rows) - args.against_authors]  # AUTHORS comes last
+    worst, most = max(ours, key=lambda r: r["ratio"]), max(r["activation_ratio"] for r in ours)
     print(f"slowest relative to vit: {worst['variant']} at {worst['ratio']:.3f}x; "
           f"most activations: {most:.3f}x vit")
     if args.against_authors:  # on a CPU both run fp32: only the attention backend differs there
         same = "" if amp_dtype else " (both fp32 here: only the attention backend differs)"
         print(f"{AUTHORS}: {rows[-1]['ratio']:.3f}x the step time of ours{same}")
     if args.json:
-        report = {"title": title, "device": device_name, "size": size, "img_size": img_size,
-                  "frames": frames, "batch_size": batch_size, "precision": precision,
-                  "peak_tflops": peak, "rows": rows}
+        report = dict(title=title, device=device_name, size=size, img_size=img_size, frames=frames,
+                      batch_size=batch_size, precision=precision, peak_tflops=peak, rows=rows)
         with data.atomic_path(args.json) as tmp, open(tmp, "w") as f:
             json.dump(report, f, indent=2)
     return rows
 
 
-# -----------------------------------------------------------------------------
-# the loader
-def loader_cost(roots, *, annotations=None, split="train", workers=0, clips=100, img_size=224,
-              num_frames=8, stride=32, gpu_clips=450):
-    """Training clips/s (decoding and augmentation) of each dataset on one core and with `workers`
-    DataLoader workers, taking turns clip by clip so that a shared machine's noise hits all alike
-    (decord: tests/test_loader_speed)."""
-    if clips < 1:
-        raise ValueError(f"--clips {clips}: must be at least 1")
+# the loader --------------------------------------------------------------------------------------
+def loader_cost(roots, *, annotations=None, workers=0, clips=100, img_size=224, num_frames=8,
+                stride=32):
+    """Training clips/s (decoding, augmentation) of each dataset on one core, in turns clip by clip
+    so that a shared machine's noise hits all alike, and with `workers` DataLoader workers."""
     torch.set_num_threads(1)
-    sets = {root: data.KineticsDataset(root, split, annotations=annotations, num_frames=num_frames,
-                                  stride=stride, img_size=img_size) for root in roots}
-    shortest = min(map(len, sets.values()))
-    picks = [turn * 7919 % shortest for turn in range(clips)]  # the same videos, scattered
-    seconds = {root: 0.0 for root in roots}
+    sets = {root: data.KineticsDataset(root, annotations=annotations, num_frames=num_frames,
+                                       stride=stride, img_size=img_size) for root in roots}
+    picks = [turn * 7919 % min(map(len, sets.values())) for turn in range(clips)]  # scattered
+    seconds = dict.fromkeys(roots, 0.0)
     for i in tqdm(picks, desc="one core", leave=False):
         for root, dataset in sets.items():
             start = time.perf_counter()
@@ -327,8 +291,7 @@ def loader_cost(roots, *, annotations=None, split="train", workers=0, clips=100,
             indices = data.train_clip_indices(n, num_frames, stride, rng)
             decoded.append(len(np.unique(indices)) if seekable else indices.max() + 1)
             frames, size = frames + n, size + os.path.getsize(dataset.videos[i])
-        sampler = RandomSampler(dataset, replacement=True,
-                                                 num_samples=clips + workers)
+        sampler = RandomSampler(dataset, replacement=True, num_samples=clips + workers)
         batches = iter(DataLoader(dataset, batch_size=1, num_workers=workers, sampler=sampler))
         for _ in range(workers):  # not timed: the workers' start
             next(batches)
@@ -338,17 +301,16 @@ def loader_cost(roots, *, annotations=None, split="train", workers=0, clips=100,
         print(f"{root}: one core {one_core:.1f} clips/s ({np.mean(decoded):.0f} frames decoded "
               f"per clip); {workers} workers {parallel:.1f} clips/s; {per_frame / 1e3:.1f} kB per "
               f"frame ({per_frame * 72e6 / 1e12:.2f} TB for Kinetics-400's 240k clips of 300 "
-              f"frames); {gpu_clips:g} clips/s: {gpu_clips / one_core:.1f} cores")
+              f"frames); {GPU_CLIPS} clips/s: {GPU_CLIPS / one_core:.1f} cores")
 
 
 def main(argv=None):
     try:
         args = parse_args(argv)
         if args.loader:
-            return loader_cost(args.loader, annotations=args.annotations, split=args.split,
-                               workers=args.workers, clips=args.clips,
-                               img_size=args.img_size or 224, num_frames=args.frames,
-                               stride=args.stride, gpu_clips=args.gpu_clips)
+            return loader_cost(args.loader, annotations=args.annotations, workers=args.workers,
+                               clips=args.clips, img_size=args.img_size or 224,
+                               num_frames=args.frames, stride=args.stride)
         try:
             device = torch.device(args.device)
             torch.empty(0, device=device)
@@ -360,6 +322,7 @@ def main(argv=None):
         print(f"bench.py: error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        print("bench.py: interrupted", file=sys.stderr)
         sys.exit(130)
 
 

@@ -20,9 +20,17 @@ import csv
 import io
 import json
 import os
+import signal
 import sys
 import time
 
+
+def interrupted(signum, frame):  # while the imports below load: one line, not a traceback
+    print(f"{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
+    os._exit(130)  # nothing started yet that would need finishing
+
+
+SIGINT_HANDLER = signal.signal(signal.SIGINT, interrupted)
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -31,6 +39,7 @@ from tqdm import tqdm
 import data
 import pictures
 import vit
+signal.signal(signal.SIGINT, SIGINT_HANDLER)  # Python's own again: main() answers a Ctrl-C
 
 # A checkpoint without model_args (the authors' releases) holds the paper's model (Sec. 4.1) unless
 # the flags say otherwise; the variant defaults to the one that adds nothing to the ViT.

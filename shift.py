@@ -21,11 +21,13 @@ def shifted_copy(x: torch.Tensor, from_previous, from_next) -> torch.Tensor:
     """A copy of x: slots `from_previous` of frame t hold t-1, slots `from_next` t+1."""
     out = x.clone()
     for slots in from_previous:
-        out[EVERY, 1:, *slots] = x[EVERY, :-1, *slots]
-        out[EVERY, 0, *slots] = 0  # the first frame has no frame before it
+        source, target = x[EVERY, EVERY, *slots], out[EVERY, EVERY, *slots]
+        target[:, 1:] = source[:, :-1]
+        target[:, 0] = 0  # the first frame has no frame before it
     for slots in from_next:
-        out[EVERY, :-1, *slots] = x[EVERY, 1:, *slots]
-        out[EVERY, -1, *slots] = 0  # nor the last one a frame after it
+        source, target = x[EVERY, EVERY, *slots], out[EVERY, EVERY, *slots]
+        target[:, :-1] = source[:, 1:]
+        target[:, -1] = 0  # nor the last one a frame after it
     return out
 
 

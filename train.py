@@ -25,6 +25,13 @@ import time
 from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 
+
+def interrupted(signum, frame):  # while the imports below load: one line, not a traceback
+    print(f"{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
+    os._exit(130)  # nothing started yet that would need finishing
+
+
+SIGINT_HANDLER = signal.signal(signal.SIGINT, interrupted)
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -36,6 +43,7 @@ import data
 import prepare
 import vit
 from shift import LAYOUTS
+signal.signal(signal.SIGINT, SIGINT_HANDLER)  # Python's own again: main() answers a Ctrl-C
 
 # Hashiguchi & Tamaki, Sec. 4.1, on 2 GPUs: an effective batch of 2 x 21 clips x 10 iterations
 PAPER = dict(size="B/16", img_size=224, frames=8, stride=32, epochs=12, optimizer="sgd", lr=0.1,

@@ -88,3 +88,38 @@ def test_analytic_flops_match_pytorchs_flop_counter():
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(video)
     assert bench.train_flops(model, frames, 48, batch, 5) == 3 * counter.get_total_flops()
+
+
+def test_shift_div_1_is_one_line_naming_the_flag():
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bench.py"), "--variants", "tokenshift",
+                             "--shift-div", "1"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench.py: error: --shift-div 1"), lines
+
+
+def test_shift_div_reaches_the_timed_tokenshift(monkeypatch, one_thread):
+    built, build_model = [], vit.build_model
+
+    def spy(*args, **kwargs):
+        built.append(build_model(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(vit, "build_model", spy)
+    bench.main(["--device", "cpu", "--size", "Ti/16", "--img-size", "32", "--frames", "2", "--batch-size",
+                "1", "--variants", "tokenshift", "--shift-div", "8", "--warmup", "1", "--repeats", "1"])
+    moved = 192 // 8  # Ti/16: D = 192 channels, D/8 each way
+    shifts = [block.token_shift for model in built for block in model.blocks]
+    tokenshifts = [s for s in shifts if not isinstance(s, torch.nn.Identity)]
+    assert len(tokenshifts) == 12  # vit's 12 blocks have none
+    assert all(s.from_previous == [(0, slice(0, moved))] and s.from_next == [(0, slice(moved, 2 * moved))]
+               for s in tokenshifts)
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "nan"])
+def test_a_peak_that_is_not_positive_is_one_line(value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--device", "cpu", "--peak-tflops", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err == [f"bench.py: error: --peak-tflops {float(value)}: must be a positive "
+                                            "number of TFLOP/s"], err

@@ -102,7 +102,7 @@ def big_source(tmp_path_factory):
 
 def test_resize_onto_a_full_disk_fails_naming_the_file_and_resumes_when_space_is_freed(
         big_source, tmp_path, capsys):
-    with tmpfs(tmp_path / "disk", "3m") as disk:
+    with tmpfs(tmp_path / "disk", "1m") as disk:  # the copy takes about 2.5 MB
         argv = ["--resize", big_source, disk / "dst", "--short-side", 96, "--workers", 2]
         result, named = main_error(capsys, argv, str(disk / "dst"), ".avi")
         assert "broken" not in result.stderr and "prepared" not in result.stdout, named
@@ -125,11 +125,11 @@ def test_resize_copies_an_annotation_file_whole_or_not_at_all(tmp_path, capsys):
         main_error(capsys, ["--resize", source, disk / "dst"], str(disk / "dst" / "train.csv"))
         assert not (disk / "dst" / "train.csv").exists() and not list(disk.rglob(".tmp-*"))
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        assert prepare.resize_dataset(source, disk / "dst", 320, workers=1) == []
+        assert prepare.resize_dataset(source, disk / "dst", prepare.SHORT_SIDE, workers=1) == []
         assert (disk / "dst" / "train.csv").read_bytes() == (source / "train.csv").read_bytes()
         with open(disk / "dst" / "train.csv", "r+b") as f:  # a copy an older version cut short
             f.truncate(1000)
-        assert prepare.resize_dataset(source, disk / "dst", 320, workers=1) == []
+        assert prepare.resize_dataset(source, disk / "dst", prepare.SHORT_SIDE, workers=1) == []
         assert (disk / "dst" / "train.csv").read_bytes() == (source / "train.csv").read_bytes()
 
 
@@ -162,22 +162,67 @@ def test_a_copy_is_resumed_only_with_its_own_settings(tmp_path):
         prepare.resize_dataset(tmp_path / "src", tmp_path / "other", 48, workers=1)
 
 
-def resize_until_partial_files(source, target):
-    """A --resize command in its own process group, once its workers are writing."""
-    process = subprocess.Popen([sys.executable, PREPARE_PY, "--resize", source, target,
-                                "--short-side", "96", "--workers", "2"], start_new_session=True,
+def default_ctrl_c():
+    """Ctrl-C as in a terminal, even if the test runner was started with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def workers_of(session):
+    """The processes of a session but its leader: the --resize command's pool workers."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # state, ppid, pgrp, session, ...
+            if int(fields[3]) == session and int(pid) != session:
+                found.append(int(pid))
+    return found
+
+
+def proc_state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def writing_a_partial_file(pid):
+    """Whether `pid` holds a file still named .tmp-*: atomic_path has not renamed it yet."""
+    with contextlib.suppress(OSError):
+        return any("/.tmp-" in os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    return False
+
+
+def resize_held_mid_write(source, target):
+    """A --resize command in its own session, one of its workers stopped (SIGSTOP) while it writes a
+    partial file: that video is never done, so the command is mid-work whenever a signal lands.
+    Returns the command and the stopped worker."""
+    process = subprocess.Popen([sys.executable, PREPARE_PY, "--resize", source, target, "--short-side", "96",
+                                "--workers", "2"], start_new_session=True, preexec_fn=default_ctrl_c,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not list(target.rglob(".tmp-*.avi")) and process.poll() is None:
+    while process.poll() is None:
+        for worker in workers_of(process.pid):
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+                os.kill(worker, signal.SIGSTOP)
+                while proc_state(worker) not in "TZ":  # stopped (or gone): its open files stay
+                    time.sleep(0.001)
+                if writing_a_partial_file(worker):
+                    return process, worker
+                os.kill(worker, signal.SIGCONT)
         time.sleep(0.01)
-    assert process.poll() is None, "finished before it could be interrupted"
-    return process
+    raise AssertionError(f"finished before a worker could be held: {process.communicate()}")
 
 
 def test_ctrl_c_is_one_line_and_leaves_no_partial_file(big_source, tmp_path):
     target = tmp_path / "dst"
-    process = resize_until_partial_files(big_source, target)
-    os.killpg(process.pid, signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    process, worker = resize_held_mid_write(big_source, target)
+    try:
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group
+        # the held video is unfinished, so the command cannot have ended before the signal; it
+        # lets the videos begun end, so the worker goes on
+        os.kill(worker, signal.SIGCONT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130 and "Traceback" not in err and "Error" not in err, err
     assert err.strip().splitlines()[-1] == "prepare.py: interrupted; no partial file left"
     assert len(list(target.rglob("*.avi"))) < 8
@@ -186,9 +231,9 @@ def test_ctrl_c_is_one_line_and_leaves_no_partial_file(big_source, tmp_path):
 
 def test_after_a_sigkill_the_next_run_removes_the_partial_files(big_source, tmp_path):
     target = tmp_path / "dst"
-    process = resize_until_partial_files(big_source, target)
+    process, _ = resize_held_mid_write(big_source, target)
     os.kill(process.pid, signal.SIGKILL)  # the main process only: its workers are left behind
-    _, err = process.communicate(timeout=60)  # the pipe closes when the workers are gone too
+    _, err = process.communicate(timeout=120)  # the pipe closes when the workers are gone too
     assert "Traceback" not in err and "Error" not in err, err
     assert list(target.rglob(".tmp-*")), "the kill left no partial file to clean up"
     assert prepare.resize_dataset(big_source, target, 96, workers=2) == []

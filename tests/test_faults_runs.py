@@ -168,16 +168,20 @@ def test_resume_with_another_number_of_processes_names_the_accumulation(videos, 
 def test_ctrl_c_under_torchrun_is_one_line_from_rank_0(videos, tmp_path):
     out = tmp_path / "run"
     argv = torchrun(*tiny_args(videos, out, "--epochs", "500", "--accum-steps", "1"))
-    process = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
-    try:
-        wait_for(out / "last.pt", process)
-        time.sleep(1)
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: every process of the group
-        err = process.communicate(timeout=120)[1]
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    with open(tmp_path / "stderr.txt", "w+") as stderr:  # a file: it never fills up as a pipe can
+        process = subprocess.Popen(argv, env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                                   stderr=stderr, text=True, start_new_session=True)
+        try:
+            # rank 0 logs an epoch once it has recorded the checkpoint it saved
+            line = next((line for line in process.stdout if line.startswith("epoch ")), "")
+            assert line, "the run ended before its first epoch"
+            os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: every process of the group
+            process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        stderr.seek(0)
+        err = stderr.read()
     lines = [line for line in err.splitlines() if "train.py: interrupted" in line]
     assert len(lines) == 1 and "epoch none" not in lines[0], err[-6000:]
 
