@@ -66,7 +66,7 @@ def parse_args(argv):
     add("--shift-layout", choices=vit.LAYOUTS, default="paper", help="who looks back (paper)")
     add("--batch-size", type=int, help="clips per step (default 21 on a GPU, 2 on CPU)")
     add("--amp", choices=vit.AMP, default="auto", help="auto: bf16 on a GPU with it, CPU fp32")
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--device", type=vit.usable_device, default="cuda" if torch.cuda.is_available() else "cpu")
     add("--warmup", type=int, default=2, help="untimed steps per variant (default 2)")
     add("--repeats", type=int, default=10, help="timed steps per variant (default 10)")
     add("--peak-tflops", type=float, help="the GPU's dense bf16 peak (default from its name)")
@@ -307,23 +307,17 @@ def loader_cost(roots, *, annotations=None, workers=0, clips=100, img_size=224, 
 def main(argv=None):
     try:
         args = parse_args(argv)
-        if args.loader:
-            return loader_cost(args.loader, annotations=args.annotations, workers=args.workers,
-                               clips=args.clips, img_size=args.img_size or 224,
-                               num_frames=args.frames, stride=args.stride)
-        try:
-            device = torch.device(args.device)
-            torch.empty(0, device=device)
-        except (RuntimeError, AssertionError) as error:
-            first_line = str(error).splitlines()[0]
-            raise ValueError(f"--device {args.device}: not usable ({first_line})") from None
-        return run_speed(args, device)
-    except (ValueError, OSError, data.VideoError) as error:
-        print(f"bench.py: error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
-        sys.exit(2)
+        if not args.loader:
+            return run_speed(args, args.device)
+        return loader_cost(args.loader, annotations=args.annotations, workers=args.workers,
+                           clips=args.clips, img_size=args.img_size or 224,
+                           num_frames=args.frames, stride=args.stride)
     except KeyboardInterrupt:
         print("bench.py: interrupted", file=sys.stderr)
         sys.exit(130)
+    except (ValueError, OSError, data.VideoError) as error:
+        print(f"bench.py: error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

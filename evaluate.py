@@ -1,16 +1,13 @@
-"""Test trained models: the paper's multi-view test, one video's top-5, reports and tables, and
-pictures of what the heads look at and of training runs.
-
-The multi-view test of the paper (Sec. 4.1): every video gives clips x crops views (10 temporal
-positions x 3 spatial crops = 30 by default); each view is classified, the softmax scores of a
-video's views are averaged, and top-1 / top-5 accuracy is taken over the videos that decode.
+"""Test trained models with the paper's multi-view test (Sec. 4.1: 10 clips x 3 crops = 30 views
+per video, their softmax scores averaged, top-1 / top-5 over the videos that decode); one video's
+top-5, reports and tables, and pictures of what the heads look at and of training runs.
 
     python evaluate.py --checkpoint runs/synthetic-KV/best.pt --json runs/synthetic-KV/eval.json
     python evaluate.py --checkpoint runs/KV/best.pt --data k400 --annotations validate.csv
     python evaluate.py --checkpoint runs/KV/best.pt --video clip.mp4  # its top-5 classes
     python evaluate.py --checkpoint runs/KV/best.pt --frame-order reversed  # does time matter?
     python evaluate.py --checkpoint tokshift_k400.pth.tar --variant tokenshift \
-        --shift-layout released --data k400-320 --annotations k400-320/validate.csv
+        --shift-layout released --data k400-288 --annotations k400-288/validate.csv
     python evaluate.py --table runs/*/eval.json  # a Markdown table of --json reports
     python evaluate.py --checkpoint runs/KV/best.pt --video clip.mp4 --attention kv.png  # + kv.npz
     python evaluate.py --plot runs/a/log.csv runs/b/log.csv --png curves.png
@@ -77,7 +74,8 @@ def parse_args(argv):
                    help="data loader processes")
     p.add_argument("--json", help="write the report here as JSON")
     p.add_argument("--per-class", help="write per-class accuracy here as CSV")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=vit.usable_device,
+                   default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=1, help="videos per forward (default 1)")
     p.add_argument("--frame-order", choices=ORDERS, default="original",
                    help="feed each view's T frames as sampled (default), reversed, or shuffled "
@@ -157,10 +155,7 @@ def write_text(path, text):  # or bytes
         f.write(text)
 
 
-# -----------------------------------------------------------------------------
 # checkpoint -> model -> multi-view test
-
-
 def model_settings(args, defaults):
     """The settings PAPER_MODEL names: `defaults`, overridden by the flags given."""
     given = {key: getattr(args, key) for key in PAPER_MODEL}
@@ -410,18 +405,13 @@ def main(argv=None):
             return None
         if args.plot:
             return plot_runs(args.plot, args.png)
-        try:
-            device = torch.device(args.device)
-            torch.empty(0, device=device)
-        except (RuntimeError, AssertionError) as error:
-            first_line = str(error).splitlines()[0]
-            raise ValueError(f"--device {args.device}: not usable ({first_line})") from None
-        return run_test(args, device)
+        return run_test(args, args.device)
     except (ValueError, OSError, data.VideoError) as error:
         # a worker's error carries the worker's traceback and ends with its message
         print(f"evaluate.py: error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        print("evaluate.py: interrupted", file=sys.stderr)
         sys.exit(130)
 
 

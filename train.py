@@ -7,10 +7,8 @@
     python train.py --resume --out runs/pKV   # go on after a crash or with more --epochs, exactly
 
 Without --data: a small model from scratch on a synthetic task whose two classes differ only in
-frame order (SMALL below). With --data: the paper's recipe (PAPER below). Flags you set win over
-both. Writes OUT/log.csv (a row per epoch), OUT/last.pt (every epoch), OUT/best.pt (best validation
-top-1) and OUT/args.json. Checkpoints hold `model_args`, `vit.build_model(**ckpt["model_args"])`
-rebuilds the model, and `classes`.
+frame order (SMALL). With --data: the paper's recipe (PAPER). Flags you set win over both. Writes
+OUT/log.csv, OUT/last.pt (every epoch), OUT/best.pt (best validation top-1) and OUT/args.json.
 """
 import argparse
 import csv
@@ -53,11 +51,9 @@ PAPER = dict(size="B/16", img_size=224, frames=8, stride=32, epochs=12, optimize
 SMALL = dict(size="Ti/16", img_size=64, frames=4, stride=10, epochs=6, optimizer="adamw",
              lr=3e-4, lr_steps=[5], weight_decay=0.05, batch_size=16, accum_steps=1, workers=1)
 COMMON = dict(variant="KV", heads=2, patches=16, msca_blocks=None, shift_div=4, momentum=0.9,
-              # the text writes [244, 330]; TokenShift's code, whose settings it says it uses,
-              # draws from [224, 330)
+              # the text writes [244, 330], TokenShift's code (whose settings it uses) [224, 330)
               short_side=[224, 330], shift_layout="paper",
-              # the text gives no value; the released code builds LabelSmoothingCrossEntropy()
-              # (smoothing 0.1) and reads its config's LABEL_SMOOTH: 0.01 only as an on/off switch
+              # not in the text; the released code's LabelSmoothingCrossEntropy() default
               label_smoothing=0.1, clip_grad=1.0, amp="auto", seed=0, pretrained=None,
               annotations=None, val_annotations=None, compile=False, resume=False, sampling="dense")
 SYNTHETIC_VIDEOS = dict(train_per_class=1000, val_per_class=50, num_frames=32, size=96)
@@ -350,7 +346,6 @@ def build_run(args, ckpt, rank, world, device):
                           best=None, log=print if rank == 0 else lambda *_, **__: None)
     run.train_set, run.val_set = open_datasets(args, rank, world, ckpt)
     run.classes = run.train_set.classes
-    run.datasets = [d for d in (run.train_set, run.val_set) if d is not None]
     run.model, run.model_args = make_model(args, run.classes, ckpt, run.log)
     run.model.to(device)
     run.optimizer = make_optimizer(run.model, args)
@@ -417,8 +412,7 @@ def train_one_epoch(model, loader, optimizer, criterion, *, accum_steps, scaler,
             with vit.autocast(device, amp_dtype):
                 logits = model(video)
             loss = criterion(logits.float(), label)
-            # Each micro-batch's mean loss weighs 1/window_len, so the summed gradients are those of
-            # the mean loss over the whole window: one batch of batch_size x window_len clips.
+            # each micro-batch weighs 1/window_len: the gradients of one batch of the whole window
             scaler.scale(loss / window_len).backward()
         window_loss = window_loss + loss.detach()
         hits = (logits.argmax(1) == label).sum()
@@ -428,8 +422,7 @@ def train_one_epoch(model, loader, optimizer, criterion, *, accum_steps, scaler,
         if distributed:
             dist.all_reduce(window_loss)  # every rank must see a NaN to stop together
         mean_loss = window_loss.item() / (window_len * world)
-        # fp16 overflows now and then: the scaler skips that step and lowers the scale; give up only
-        # when the scale has been halved below 1, i.e. the loss is not finite at any scale
+        # fp16 overflows now and then (the scaler skips the step); below scale 1 it is no overflow
         if not math.isfinite(mean_loss) and not (scaler.is_enabled() and scaler.get_scale() >= 1):
             raise FloatingPointError(f"loss is {mean_loss} at micro-batch {i + 1}/{len(loader)} of "
                                      "this epoch")
@@ -473,8 +466,7 @@ def validate(model, loader, amp_dtype, show_bar=False):
     model.eval()
     device = next(model.parameters()).device
     counts = torch.zeros(3, device=device, dtype=torch.float64)
-    for views, labels, _ in tqdm(loader, "val", disable=not show_bar, dynamic_ncols=True,
-                                 leave=False):
+    for views, labels, _ in tqdm(loader, "val", disable=not show_bar, leave=False):
         if views is None:
             continue
         with vit.autocast(device, amp_dtype):
@@ -557,7 +549,7 @@ def train(args, ckpt, rank, world, device, progress):
                              "videos can be decoded")
         if videos:  # percent of the readable validation videos
             row.update(val_top1=f"{100 * top1 / videos:.2f}", val_top5=f"{100 * top5 / videos:.2f}")
-        row.update(skipped=sum(d.sync_broken(device) for d in run.datasets),
+        row.update(skipped=sum(d.sync_broken(device) for d in (run.train_set, run.val_set) if d),
                    seconds=f"{time.time() - epoch_start:.1f}")
         run.rows.append(row)
         if rank == 0:  # the validation into log.csv; best.pt when it beats every earlier one

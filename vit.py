@@ -5,9 +5,8 @@ Block kinds (one per block, Fig. 1 of the paper):
 - TokenShift: the same, with Shift() of the class token before MSA and MLP (eq. 4-7)
 - MSCA:       MSCA in place of MSA: heads/tokens from frames t-1, t+1 (eq. 10-11, 17-23)
 
-Parameter names follow timm's `vision_transformer.py` (`patch_embed.proj`, `cls_token`,
-`pos_embed`, `blocks.{i}.norm1`, `blocks.{i}.attn.qkv`, ...), so timm state dicts load with
-`load_state_dict`, and `load_pretrained` also reads Google's ImageNet-21k `.npz` files and the
+Parameter names follow timm's `vision_transformer.py`, so timm state dicts load with
+`load_state_dict`; `load_pretrained` also reads Google's ImageNet-21k `.npz` files and the
 TokShift/MSCA authors' Kinetics checkpoints (`.pth`, `.pth.tar`).
 """
 import math
@@ -111,9 +110,8 @@ class VideoViT(nn.Module):
 
 @torch.no_grad()
 def class_token_attention(model: VideoViT, video: torch.Tensor, block: int):
-    """Block `block`'s class-token attention as its forward computes it: the softmax weights of
-    each frame's CLS query over the N+1 keys (B, T, h, N+1), and the frame each key comes from
-    (T, h, N+1): the block's shift applied to frame numbers, -1 for the zeros beyond the ends."""
+    """Block `block`'s class-token attention as its forward computes it: each frame's CLS softmax
+    weights over the N+1 keys (B, T, h, N+1), and each key's frame (T, h, N+1), -1 for zeros."""
     z = model.embed(video)
     for earlier in model.blocks[:block]:
         z = earlier(z)
@@ -197,6 +195,14 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
+def usable_device(name: str) -> torch.device:
+    """--device's argparse type: the device `name`, ValueError unless this machine can use it."""
+    try:
+        return torch.empty(0, device=name).device
+    except (RuntimeError, AssertionError):  # no such kind or index, or no driver for it
+        raise ValueError(name) from None
+
+
 def video_scores(model: nn.Module, views: torch.Tensor, average: str = "softmax") -> torch.Tensor:
     """(videos, views, 3, T, H, W) -> (videos, classes): the mean of the views' softmax scores
     (the multi-view test of Sec. 4.1), or of their logits (as the authors' released code)."""
@@ -212,19 +218,15 @@ def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tenso
 
 
 # Pretrained weights: Google's ViT .npz (ImageNet-21k), timm/PyTorch state dicts, the authors' files
-
-
 class CheckpointError(ValueError):
     """A file that is not a ViT checkpoint, or one that does not fit the model."""
 
 
 def load_pretrained(model: VideoViT, path, log: Callable[[str], None] = print,
                     classes=None) -> VideoViT:
-    """Load ViT weights into `model`: Google's `.npz` (e.g. ImageNet-21k `ViT-B_16.npz`), a timm
-    state dict (`.pth`, `.pt`, `.bin`, `.safetensors`), a train.py checkpoint or the authors'
-    (`.pth`, `.pth.tar`). A head of another shape or other `classes` is set to zeros, as the
-    authors do for fine-tuning. `pos_embed` of another image size is resized (bicubic on the patch
-    grid, CLS kept)."""
+    """Load ViT weights into `model`: Google's `.npz`, a timm state dict (also `.safetensors`), a
+    train.py checkpoint or the authors'. A head of another shape or other `classes` is zeroed, as
+    the authors do for fine-tuning; `pos_embed` of another image size is resized."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
@@ -280,8 +282,7 @@ def load_state(model: nn.Module, state: dict, path) -> nn.Module:
 
 
 def read_checkpoint(path: Path) -> tuple:
-    """The checkpoint as a state dict with timm's names and layouts, and the classes a train.py
-    checkpoint names (else None)."""
+    """(a state dict with timm's names and layouts, the classes of a train.py checkpoint)."""
     if path.suffix == ".npz":
         return npz_to_state_dict(path), None
     if path.suffix == ".safetensors":
@@ -297,9 +298,8 @@ def read_checkpoint(path: Path) -> tuple:
 
 
 def state_dict_of(state, path) -> dict:
-    """The weights of a loaded PyTorch file (a state dict or a checkpoint) with timm's names. The
-    authors' (VideoNet of model/video_net.py, the ViT its `base_model`) are renamed, their query,
-    key and value concatenated into qkv in that order; timm's contain none of their names."""
+    """The weights of a loaded PyTorch file with timm's names: the authors' (the ViT `base_model`
+    of their VideoNet) renamed, query, key and value concatenated into qkv in that order."""
     for wrapper in ("model", "state_dict", "module"):  # training checkpoints nest the weights
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -357,7 +357,7 @@ def npz_to_state_dict(path: Path) -> dict:
         "pos_embed": get(pos_embed),
         **layer_norm("Transformer/encoder_norm", "norm"),
     }
-    if "head/kernel" in names:  # the in21k release also has pre_logits/*, unused in fine-tuning
+    if "head/kernel" in names:  # the in21k release's pre_logits/* are unused in fine-tuning
         state.update(dense("head", "head"))
     depth = sum(1 for n in names if n.startswith("Transformer/encoderblock_")
                 and n.endswith("LayerNorm_0/scale"))
