@@ -256,7 +256,7 @@ def test_evaluate_video_writes_json_and_refuses_dataset_flags(videos, run_one, t
               "--crops", "1", "--device", "cpu"]
     report = evaluate.main(common + ["--json", str(tmp_path / "top5.json")])
     assert json.load(open(tmp_path / "top5.json")) == report
-    assert set(report) == {"video", "top5"}
+    assert set(report) == {"video", "top5", "frame_order"} and report["frame_order"] == "original"
     assert sum(report["top5"].values()) == pytest.approx(1.0)  # softmax over the 2 classes
     for flag, value in (("--per-class", str(tmp_path / "c.csv")), ("--data", str(videos)),
                         ("--annotations", str(tmp_path / "a.txt")), ("--split", "train")):
