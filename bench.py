@@ -7,7 +7,7 @@ with DataLoader workers, e.g. the prepared copy against the original videos.
     python bench.py                                   # all 16 variants against vit
     python bench.py --variants tokenshift KV pKV --repeats 20 --json cost.json
     python bench.py --compile --optimizer-step sgd-fused --against-authors
-    python bench.py --loader k400-320 k400 --annotations k400/train.csv --workers 4
+    python bench.py --loader k400-288 k400 --annotations k400/train.csv --workers 4
 """
 import argparse
 import json
