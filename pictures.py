@@ -107,9 +107,8 @@ def drawable(curves):
 
 
 def curves_picture(runs, names) -> bytes:
-    """runs: per run {column of CURVES: [(epoch, value)]}; a panel per column that has values,
-    drawn as far as they are drawable."""
-    runs = [drawable(curves) for curves in runs]
+    """runs: per run {column of CURVES: [(epoch, value)]}, values as `drawable` leaves them; a
+    panel per column that has values."""
     panels = np.concatenate([curve_panel(runs, c) for c in CURVES
                              if any(curves[c] for curves in runs)], axis=1)
     legend = [text_band([f"---- {name}"], panels.shape[1], 0.5, colour)
