@@ -195,11 +195,11 @@ def benchmark_speed(variants, *, size, img_size, frames, batch_size, device, sha
     flops = train_flops(models[variants[0]], frames, img_size, batch_size, num_classes)
     base, steps = variants[0], {v: statistics.median(times[v]) for v in variants}
     rows = []
-    for v, step in steps.items():
-        rows.append({"variant": v, "step_ms": 1000 * step, "ratio": step / steps[base],
-                     "first_step_s": first_step[v], "clips_per_s": batch_size / step,
+    for v, seconds in steps.items():
+        rows.append({"variant": v, "step_ms": 1000 * seconds, "ratio": seconds / steps[base],
+                     "first_step_s": first_step[v], "clips_per_s": batch_size / seconds,
                      "activation_mib": saved[v] / 2**20, "activation_ratio": saved[v] / saved[base],
-                     "tflops": flops / step / 1e12})
+                     "tflops": flops / seconds / 1e12})
         if device.type == "cuda":
             rows[-1].update(peak_mib=peaks[v] / 2**20, peak_ratio=peaks[v] / peaks[base])
         if peak_tflops:
